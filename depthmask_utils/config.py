@@ -1,0 +1,77 @@
+"""Profiles: named sets of parameter values, defined once, used by notebooks and the CLI.
+
+``sample`` is small enough for 2 CPU cores in seconds; ``full`` is the assignment:
+100 bg x 100 fg x 2 flips x 20 placements = 400,000 composites at 224 x 224.
+Notebooks read a profile with :func:`get_profile` (papermill: ``-p profile full``), the CLI with
+``--profile full``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, replace
+
+COURSE_REPO = "https://github.com/depthmask/depthmask-course"  # where the Colab cell clones from
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    n_bg: int  # sample-world backgrounds to render
+    n_fg: int  # sample-world foregrounds to draw
+    world_size: int  # sample-world photo height in pixels (photos are 4:3)
+    size: int  # square size of backgrounds and composites
+    placements: int  # placements per (bg, fg, flip)
+    scale: tuple[float, float]  # fg height as a fraction of the bg height
+    jpeg_quality: int
+    seed: int
+    teacher: str  # default depth teacher for this profile
+    teacher_input: int  # side the teacher sees (multiple of 14 for ViT teachers)
+    batch_size: int
+
+    @property
+    def expected_composites(self) -> int:
+        return self.n_bg * self.n_fg * 2 * self.placements
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES = {
+    "sample": Profile("sample", n_bg=6, n_fg=8, world_size=168, size=128, placements=4, scale=(0.35, 0.65),
+                      jpeg_quality=90, seed=0, teacher="scene", teacher_input=126, batch_size=8),
+    "full": Profile("full", n_bg=100, n_fg=100, world_size=240, size=224, placements=20, scale=(0.35, 0.65),
+                    jpeg_quality=90, seed=0, teacher="depth-anything-v2-small", teacher_input=518, batch_size=128),
+}
+
+
+def get_profile(name: str = "sample", **overrides) -> Profile:
+    """Return profile ``name`` with any non-None ``overrides`` applied."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return replace(PROFILES[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def on_colab() -> bool:
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def environment_report() -> dict:
+    """What the notebooks run on: Python, key packages, and the accelerator if any."""
+    report = {"python": platform.python_version(), "platform": platform.system(), "cpus": os.cpu_count(),
+              "colab": on_colab()}
+    try:
+        import torch
+
+        report["torch"] = torch.__version__.split("+")[0]
+        report["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        report["torch"], report["device"] = None, "cpu"
+    for mod in ("numpy", "PIL", "transformers"):
+        try:
+            report[mod] = __import__(mod).__version__
+        except ImportError:
+            report[mod] = None
+    return report

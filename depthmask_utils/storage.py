@@ -1,0 +1,152 @@
+"""Storage: atomic files, zip shards, the manifest and dataset.json.
+
+A dataset is a folder (see ``book/dataset_format.md``). The rules that make it safe to kill a run
+at any moment live here:
+
+* every file is written under a temporary name in the same folder and renamed when complete, so a
+  file with its final name is always whole;
+* shard members get a fixed timestamp, so the same inputs give byte-identical shards;
+* ``dataset.json`` is written last: a dataset without it is unfinished.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import os
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from .errors import DatasetError
+
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: reproducible bytes
+MANIFEST_FIELDS = ["id", "bg", "fg", "flip", "k", "x", "y", "w", "h", "shard"]
+
+
+def shard_name(bg: int) -> str:
+    return f"bg_{bg:03d}.zip"
+
+
+def composite_id(fg: int, bg: int, flip: int, k: int) -> str:
+    return f"fg_bg_{fg:03d}_{bg:03d}_{flip}_{k:02d}"
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A full disk (ENOSPC) becomes a :class:`DatasetError` naming the file; the temporary file is
+    removed either way, so nothing half-written carries the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DatasetError(f"{path}: disk full while writing ({exc.strerror}); nothing was left "
+                               "half-written - free some space and re-run, finished files are kept") from None
+        raise
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: missing") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    """uint8 (H, W, 3) -> JPEG bytes (4:2:0, libjpeg defaults, deterministic)."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def encode_png(gray: np.ndarray, compress_level: int = 1) -> bytes:
+    """uint8 (H, W) -> lossless PNG bytes. Level 1: masks compress well even at the fastest level."""
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode image bytes to a uint8 array; a problem becomes a DatasetError naming ``name``."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return np.asarray(im)
+    except Exception as exc:  # PIL raises several unrelated types for bad data
+        raise DatasetError(f"{name}: cannot decode ({exc})") from None
+
+
+def write_shard(path: str | Path, members: Iterable[tuple[str, bytes]]) -> int:
+    """Write a zip shard atomically from an iterable of (member name, bytes); returns the count.
+
+    Members are stored, not deflated (JPEG and PNG are already compressed), with fixed timestamps
+    so that the same members give the same bytes. ``members`` is consumed lazily: memory stays flat
+    however large the shard.
+    """
+    count = 0
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+            count += 1
+    return count
+
+
+def open_shard(path: str | Path) -> zipfile.ZipFile:
+    """Open a shard for reading; a missing or corrupt shard becomes a DatasetError naming it."""
+    try:
+        return zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: shard missing") from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DatasetError(f"{path}: not a readable zip ({exc})") from None
+
+
+def write_manifest(path: str | Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    fields = fields or MANIFEST_FIELDS
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    """Rows of ``manifest.csv`` as dicts of strings (use pandas in notebooks for analysis)."""
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: missing - was the dataset generated (python -m depthmask_utils generate)?") from None
+    missing = [f for f in MANIFEST_FIELDS if rows and f not in rows[0]]
+    if missing:
+        raise DatasetError(f"{path}: columns missing: {', '.join(missing)}")
+    return rows
