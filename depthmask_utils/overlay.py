@@ -22,7 +22,7 @@ from . import __version__
 from .backgrounds import load_backgrounds
 from .errors import DatasetError, InputError
 from .masks import alpha_to_mask, load_foregrounds
-from .storage import (atomic_write_bytes, atomic_write_json, composite_id, encode_jpeg, encode_png, read_json,
+from .storage import (atomic_write_bytes, atomic_write_json, composite_id, encode_jpeg_bgr, encode_png, read_json,
                       shard_name, write_manifest, write_shard)
 
 
@@ -81,50 +81,84 @@ def build_plan(fg_sizes: list[tuple[int, int]], n_bg: int, size: int, placements
 
 # --------------------------------------------------------------------------- compositing
 
-def resize_rgba(rgba: np.ndarray, w: int, h: int) -> np.ndarray:
-    """Resize an RGBA foreground to (h, w, 4).
+def premultiply(rgba: np.ndarray) -> np.ndarray:
+    """Straight alpha -> premultiplied alpha: colour * alpha / 255, rounded; uint8 (h, w, 4)."""
+    a = rgba[..., 3:4].astype(np.uint16)
+    return np.dstack([((rgba[..., :3] * a + 127) // 255).astype(np.uint8), rgba[..., 3]])
 
-    PIL premultiplies RGBA by alpha while resampling, so transparent pixels' colours don't bleed
-    into the soft edge.
+
+def blend_premultiplied(bg_patch: np.ndarray, fgp: np.ndarray) -> np.ndarray:
+    """Porter-Duff "over" with a premultiplied foreground: out = fg*a + bg*(1 - a).
+
+    ``bg_patch`` uint8 (h, w, 3), ``fgp`` premultiplied uint8 (h, w, 4). Exactly the background
+    where a = 0 and exactly the foreground where a = 255, soft in between. Premultiplied colour is
+    what makes resizing correct: transparent pixels carry no colour to bleed into the edge.
     """
-    return np.asarray(Image.fromarray(rgba, "RGBA").resize((w, h), Image.BILINEAR))
+    inv = 255 - fgp[..., 3:4].astype(np.uint16)
+    rest = (bg_patch.astype(np.uint16) * inv + 127) // 255
+    return (fgp[..., :3] + rest).astype(np.uint8)
 
 
-def blend(bg_patch: np.ndarray, fg_rgba: np.ndarray) -> np.ndarray:
-    """Alpha-blend ``fg_rgba`` (h, w, 4) over ``bg_patch`` (h, w, 3), both uint8.
+class ForegroundPyramid:
+    """One foreground, premultiplied, pre-shrunk with Lanczos to a ladder of heights (each 1/sqrt(2)
+    of the last) for both flips.
 
-    out = (fg * a + bg * (255 - a)) / 255 with rounding, in integers: exact where a is 0 or 255,
-    soft in between.
+    Any placement height is then a bilinear resize by at most sqrt(2) from the next larger level:
+    anti-aliased like a Lanczos resize of the original, ~25x faster (OpenCV), which is what lets
+    400,000 composites take minutes instead of hours.
     """
-    a = fg_rgba[..., 3:4].astype(np.uint16)
-    out = fg_rgba[..., :3].astype(np.uint16) * a + bg_patch.astype(np.uint16) * (255 - a) + 127
-    return (out // 255).astype(np.uint8)
+
+    def __init__(self, rgba: np.ndarray, max_h: int, min_h: int = 1):
+        self.aspect = rgba.shape[1] / rgba.shape[0]
+        pil = Image.fromarray(rgba, "RGBA").convert("RGBa")  # PIL resamples RGBa without bleeding
+        self.levels: list[tuple[np.ndarray, np.ndarray]] = []
+        h = min(max_h, rgba.shape[0])
+        while True:
+            w = max(1, round(h * self.aspect))
+            lvl = np.asarray(pil if (w, h) == pil.size else pil.resize((w, h), Image.LANCZOS))
+            self.levels.append((lvl, np.ascontiguousarray(lvl[:, ::-1])))
+            if h <= min_h or h <= 2:
+                break
+            h = max(1, int(h / 2 ** 0.5))
+
+    def placed(self, flip: int, w: int, h: int) -> np.ndarray:
+        """Premultiplied uint8 (h, w, 4), mirrored if ``flip``."""
+        import cv2
+
+        src = self.levels[0][flip]
+        for lvl in self.levels[1:]:
+            if lvl[flip].shape[0] < h:
+                break
+            src = lvl[flip]
+        if src.shape[:2] == (h, w):
+            return src
+        return cv2.resize(src, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def composite(bg: np.ndarray, fg_rgba: np.ndarray, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
-    """Paste an already-resized RGBA ``fg_rgba`` onto ``bg`` with its top-left corner at (x, y).
+def composite(bg: np.ndarray, fgp: np.ndarray, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
+    """Paste a placed, premultiplied foreground ``fgp`` (h, w, 4) onto ``bg`` with its top-left
+    corner at (x, y).
 
     Returns:
-        fg_bg: uint8 (H, W, 3), the composite.
+        fg_bg: uint8 (H, W, 3), the composite (same channel order as ``bg``).
         mask: uint8 (H, W), the fg alpha on a black canvas at the same place.
     """
-    h, w = fg_rgba.shape[:2]
+    h, w = fgp.shape[:2]
     out = bg.copy()
-    out[y:y + h, x:x + w] = blend(bg[y:y + h, x:x + w], fg_rgba)
+    out[y:y + h, x:x + w] = blend_premultiplied(bg[y:y + h, x:x + w], fgp)
     mask = np.zeros(bg.shape[:2], np.uint8)
-    mask[y:y + h, x:x + w] = fg_rgba[..., 3]
+    mask[y:y + h, x:x + w] = fgp[..., 3]
     return out, mask
 
 
-def placed_foreground(fg_rgba: np.ndarray, flip: int, w: int, h: int) -> np.ndarray:
-    """The foreground as it is pasted: flipped if ``flip``, resized to (h, w, 4)."""
-    src = np.ascontiguousarray(fg_rgba[:, ::-1]) if flip else fg_rgba
-    return resize_rgba(src, w, h)
+def pyramids_for(fgs: list[np.ndarray], size: int, scale: tuple[float, float]) -> list[ForegroundPyramid]:
+    max_h, min_h = int(np.ceil(scale[1] * size)) + 1, int(scale[0] * size * 0.5)
+    return [ForegroundPyramid(f, max_h, min_h) for f in fgs]
 
 
-def render_composite(bg: np.ndarray, fg_rgba: np.ndarray, row: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The composite and mask for one manifest row."""
-    placed = placed_foreground(fg_rgba, int(row["flip"]), int(row["w"]), int(row["h"]))
+def render_composite(bg: np.ndarray, pyramid: ForegroundPyramid, row: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The composite and mask for one manifest row (``bg`` uint8 (H, W, 3), any channel order)."""
+    placed = pyramid.placed(int(row["flip"]), int(row["w"]), int(row["h"]))
     return composite(bg, placed, int(row["x"]), int(row["y"]))
 
 
@@ -133,21 +167,32 @@ def render_composite(bg: np.ndarray, fg_rgba: np.ndarray, row: dict) -> tuple[np
 _WORKER: dict = {}
 
 
-def _init_worker(bgs: list[np.ndarray], fgs: list[np.ndarray], jpeg_quality: int) -> None:
-    _WORKER.update(bgs=bgs, fgs=fgs, q=jpeg_quality)
+def _init_worker(bgs: list[np.ndarray], fgs: list[np.ndarray], jpeg_quality: int, size: int,
+                 scale: tuple[float, float]) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
+    _WORKER.update(bgs=bgs, pyramids=pyramids_for(fgs, size, scale), q=jpeg_quality)
 
 
-def shard_members(bg: np.ndarray, fgs: list[np.ndarray], rows: list[dict], jpeg_quality: int):
-    """Yield (member name, bytes) for one shard: fg_bg/<id>.jpg then mask/<id>.png per row."""
+def shard_members(bg: np.ndarray, pyramids: list[ForegroundPyramid], rows: list[dict], jpeg_quality: int):
+    """Yield (member name, bytes) for one shard: fg_bg/<id>.jpg then mask/<id>.png per row.
+
+    Compositing happens in BGR so OpenCV's JPEG encoder takes the array without a conversion.
+    """
+    bgr = np.ascontiguousarray(bg[..., ::-1])
+    bgr_pyramids = pyramids  # pyramids are RGBa; swap channels of the placed fg, not of every level
     for row in rows:
-        fg_bg, mask = render_composite(bg, fgs[row["fg"]], row)
-        yield f"fg_bg/{row['id']}.jpg", encode_jpeg(fg_bg, jpeg_quality)
+        placed = bgr_pyramids[row["fg"]].placed(int(row["flip"]), int(row["w"]), int(row["h"]))
+        placed = placed[..., [2, 1, 0, 3]]
+        fg_bg, mask = composite(bgr, placed, int(row["x"]), int(row["y"]))
+        yield f"fg_bg/{row['id']}.jpg", encode_jpeg_bgr(fg_bg, jpeg_quality)
         yield f"mask/{row['id']}.png", encode_png(mask)
 
 
 def _write_one_shard(task: tuple[str, int, list[dict]]) -> int:
     path, bg, rows = task
-    write_shard(path, shard_members(_WORKER["bgs"][bg], _WORKER["fgs"], rows, _WORKER["q"]))
+    write_shard(path, shard_members(_WORKER["bgs"][bg], _WORKER["pyramids"], rows, _WORKER["q"]))
     return len(rows)
 
 
@@ -206,10 +251,10 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
 
     # The prepared inputs: what the model's data loader reads as bg, and what verify checks masks against.
     for i, arr in enumerate(bgs.images):
-        atomic_write_bytes(out / "bg" / f"{i:03d}.png", encode_png(arr, 6))
+        atomic_write_bytes(out / "bg" / f"{i:03d}.png", encode_png(arr))
     for j, rgba in enumerate(fgs.images):
-        atomic_write_bytes(out / "fg" / f"{j:03d}.png", encode_png(rgba, 6))
-        atomic_write_bytes(out / "fg_mask" / f"{j:03d}.png", encode_png(alpha_to_mask(rgba[..., 3]), 6))
+        atomic_write_bytes(out / "fg" / f"{j:03d}.png", encode_png(rgba))
+        atomic_write_bytes(out / "fg_mask" / f"{j:03d}.png", encode_png(alpha_to_mask(rgba[..., 3])))
 
     rows = build_plan([(f.shape[1], f.shape[0]) for f in fgs.images], len(bgs.images), size, placements,
                       scale, seed)
@@ -225,12 +270,12 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
     done = len(rows) - sum(len(t[2]) for t in tasks)
     with tqdm(total=len(rows), initial=done, unit="img", desc="composites", disable=not progress) as bar:
         if workers == 1:
-            _init_worker(bgs.images, fgs.images, jpeg_quality)
+            _init_worker(bgs.images, fgs.images, jpeg_quality, size, scale)
             for task in tasks:
                 bar.update(_write_one_shard(task))
         elif tasks:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(workers, _init_worker, (bgs.images, fgs.images, jpeg_quality)) as pool:
+            with ctx.Pool(workers, _init_worker, (bgs.images, fgs.images, jpeg_quality, size, scale)) as pool:
                 for n in pool.imap_unordered(_write_one_shard, tasks):
                     bar.update(n)
 
@@ -258,3 +303,110 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
         info.update({k: v for k, v in prev.items() if k not in info})
     atomic_write_json(old, info)
     return GenerateResult(out, len(rows), len(bgs.images), len(tasks), len(bgs.images), len(fgs.images), skipped)
+
+
+# --------------------------------------------------------------------------- verify
+
+def _verify_shard(task: tuple) -> list[str]:
+    """Problems found in one shard (empty list if none)."""
+    from .storage import decode_image, open_shard
+
+    shard_path, rows, size, scale, fg_dir, depth = task
+    problems: list[str] = []
+    try:
+        zf = open_shard(shard_path)
+    except DatasetError as exc:
+        return [str(exc)]
+    with zf:
+        names = set(zf.namelist())
+        pyramids: dict[int, ForegroundPyramid] = {}
+        for row in rows:
+            cid = row["id"]
+            members = [f"fg_bg/{cid}.jpg", f"mask/{cid}.png"] + ([f"depth/{cid}.png"] if depth else [])
+            decoded = {}
+            for m in members:
+                if m not in names:
+                    problems.append(f"{shard_path}: member {m} missing")
+                    continue
+                try:
+                    decoded[m] = decode_image(zf.read(m), f"{shard_path}:{m}")
+                except Exception as exc:
+                    problems.append(str(exc) if isinstance(exc, DatasetError) else f"{shard_path}:{m}: {exc}")
+                    continue
+                want = (size, size, 3) if m.startswith("fg_bg/") else (size, size)
+                if decoded[m].shape != want:
+                    problems.append(f"{shard_path}:{m}: shape {decoded[m].shape}, expected {want}")
+                    decoded.pop(m)
+            mask = decoded.get(f"mask/{cid}.png")
+            if mask is None:
+                continue
+            fg = int(row["fg"])
+            if fg not in pyramids:
+                fg_rgba = np.asarray(Image.open(Path(fg_dir) / f"{fg:03d}.png").convert("RGBA"))
+                pyramids[fg] = pyramids_for([fg_rgba], size, scale)[0]
+            x, y, w, h = (int(row[k]) for k in ("x", "y", "w", "h"))
+            expected = np.zeros((size, size), np.uint8)
+            expected[y:y + h, x:x + w] = pyramids[fg].placed(int(row["flip"]), w, h)[..., 3]
+            if not np.array_equal(mask, expected):
+                bad = int((mask != expected).sum())
+                problems.append(f"{shard_path}:mask/{cid}.png: {bad} pixels differ from the fg alpha at its box")
+        expected_names = {f"{d}/{r['id']}.{e}" for r in rows
+                          for d, e in (("fg_bg", "jpg"), ("mask", "png")) + ((("depth", "png"),) if depth else ())}
+        extra = sorted(n for n in names - expected_names if not n.startswith("depth/_"))
+        if extra:
+            problems.append(f"{shard_path}: {len(extra)} members not in the manifest, e.g. {extra[0]}")
+    return problems
+
+
+@dataclass
+class VerifyReport:
+    composites: int
+    shards: int
+    depth_checked: bool
+    problems: list
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __repr__(self) -> str:
+        state = "OK" if self.ok else f"{len(self.problems)} problems"
+        return (f"VerifyReport({self.composites} composites in {self.shards} shards, "
+                f"depth {'checked' if self.depth_checked else 'not labelled yet'}: {state})")
+
+
+def verify(dataset: str | Path, workers: int | None = None) -> VerifyReport:
+    """Check a dataset: every member readable and the right size, counts match the manifest and
+    dataset.json, each mask equals its fg alpha at its box, depth present once labelled."""
+    from .storage import read_manifest
+
+    dataset = Path(dataset)
+    if not (dataset / "dataset.json").exists():
+        raise DatasetError(f"{dataset}: no dataset.json - not a dataset, or generation did not finish "
+                           "(re-run generate to resume)")
+    info = read_json(dataset / "dataset.json")
+    rows = read_manifest(dataset / "manifest.csv")
+    problems = []
+    counts = info.get("counts", {})
+    if counts.get("composites") != len(rows):
+        problems.append(f"{dataset / 'manifest.csv'}: {len(rows)} rows, dataset.json says {counts.get('composites')}")
+    depth = "depth" in info
+    size, scale = info["params"]["size"], tuple(info["params"]["scale"])
+    by_shard: dict[str, list[dict]] = {}
+    for r in rows:
+        by_shard.setdefault(r["shard"], []).append(r)
+    if counts.get("shards") is not None and counts["shards"] != len(by_shard):
+        problems.append(f"{dataset}: manifest names {len(by_shard)} shards, dataset.json says {counts['shards']}")
+    tasks = [(str(dataset / s), rs, size, scale, str(dataset / "fg"), depth) for s, rs in sorted(by_shard.items())]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
+    if workers == 1:
+        results = map(_verify_shard, tasks)
+    else:
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        pool = ctx.Pool(workers)
+        results = pool.map(_verify_shard, tasks)
+        pool.close()
+        pool.join()
+    for found in results:
+        problems.extend(found)
+    return VerifyReport(len(rows), len(by_shard), depth, problems)

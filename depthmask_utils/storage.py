@@ -86,10 +86,35 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def encode_png(gray: np.ndarray, compress_level: int = 1) -> bytes:
-    """uint8 (H, W) -> lossless PNG bytes. Level 1: masks compress well even at the fastest level."""
+def encode_jpeg_bgr(bgr: np.ndarray, quality: int) -> bytes:
+    """uint8 (H, W, 3) in BGR order -> JPEG bytes via OpenCV (libjpeg-turbo, ~1.5x PIL's speed)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise DatasetError("OpenCV could not encode a JPEG")
+    return buf.tobytes()
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    """uint8 (H, W) or (H, W, 3|4) RGB(A) -> lossless PNG bytes.
+
+    Single-channel images (masks, depth) - millions of them - go through OpenCV with no row
+    filter and zlib level 1 with run-length strategy: ~5x faster than PIL's adaptive filtering and
+    smaller for masks, which are long runs of 0 and 255. Colour images (a few hundred prepared
+    inputs) use PIL.
+    """
+    if img.ndim == 2:
+        import cv2
+
+        ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER,
+                                             cv2.IMWRITE_PNG_FILTER_NONE, cv2.IMWRITE_PNG_STRATEGY,
+                                             cv2.IMWRITE_PNG_STRATEGY_RLE])
+        if not ok:
+            raise DatasetError("OpenCV could not encode a PNG")
+        return buf.tobytes()
     buf = io.BytesIO()
-    Image.fromarray(gray).save(buf, format="PNG", compress_level=compress_level)
+    Image.fromarray(img).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 
 
