@@ -41,7 +41,7 @@ from PIL import Image
 from .backgrounds import center_crop_box
 from .errors import DatasetError, TeacherUnavailable
 from .storage import (MANIFEST_FIELDS, atomic_write_json, decode_image, encode_png, open_shard, read_json,
-                      read_manifest, write_manifest, write_shard)
+                      read_manifest, remove_stale_temporaries, write_manifest, write_shard)
 
 MODES = ("per-composite", "bg-plus-foreground")
 LABELS_MEMBER = "depth/_labels.csv"  # per-shard record: id, depth_lo, depth_hi (+ teacher, mode)
@@ -328,6 +328,7 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
     for r in rows:
         by_shard.setdefault(r["shard"], []).append(r)
 
+    remove_stale_temporaries(dataset / "shards")
     todo = []
     for shard, srows in by_shard.items():
         with open_shard(dataset / shard) as zf:

@@ -9,7 +9,7 @@ GIMP                               code
 2. Layer > Transparency > Add      :func:`add_alpha` (alpha = 255 everywhere)
    Alpha Channel
 3. Fuzzy Select on the backdrop    :func:`fuzzy_select` (colour-tolerance flood fill, seeded
-                                   from the whole border)
+                                   from the whole border, plus shift-clicks in enclosed holes)
 4. Edit > Clear                    :func:`clear_selection` (alpha = 0 inside the selection)
 5. fill the selection with the     :func:`mask_from_selection` draws the mask: selection = 0 ...
    BG colour (black)
@@ -61,21 +61,26 @@ def is_plain_backdrop(rgb: np.ndarray, tolerance: int = DEFAULT_TOLERANCE, min_f
     return bool(close.mean() >= min_fraction)
 
 
-def fuzzy_select(rgb: np.ndarray, tolerance: int = DEFAULT_TOLERANCE) -> np.ndarray:
-    """GIMP's fuzzy select, clicked on the backdrop all around the border.
+def fuzzy_select(rgb: np.ndarray, tolerance: int = DEFAULT_TOLERANCE, min_hole: int = 12) -> np.ndarray:
+    """GIMP's fuzzy select, clicked on the backdrop all around the border, then shift-clicked in
+    every enclosed hole (the gap between a hand on the hip and the body).
 
     A pixel is selected if its colour is within ``tolerance`` (max over channels, 0..255) of the
-    backdrop colour *and* it is connected to the border through such pixels - so a white shirt
-    inside a figure on a white backdrop is not selected.
+    backdrop colour *and* its connected region of such pixels touches the border or has at least
+    ``min_hole`` pixels - so a few backdrop-coloured pixels inside the figure (a button, a
+    highlight) stay. ``min_hole=0`` gives the border-only flood fill.
 
     Returns:
         bool (H, W), True = backdrop.
     """
     diff = np.abs(rgb[..., :3].astype(np.int16) - backdrop_color(rgb).astype(np.int16)).max(axis=-1)
-    similar = diff <= tolerance
-    labels, _ = ndimage.label(similar)  # 4-connectivity, as a flood fill
-    border_labels = np.unique(border_pixels(labels[..., None])[:, 0])
-    return np.isin(labels, border_labels[border_labels > 0])
+    labels, n = ndimage.label(diff <= tolerance)  # 4-connectivity, as a flood fill
+    keep = np.zeros(n + 1, bool)
+    keep[np.unique(border_pixels(labels[..., None])[:, 0])] = True
+    if min_hole > 0:
+        keep |= np.bincount(labels.ravel(), minlength=n + 1) >= min_hole
+    keep[0] = False  # label 0 = pixels unlike the backdrop
+    return keep[labels]
 
 
 def clear_selection(rgba: np.ndarray, selection: np.ndarray, feather: float = 0.7) -> np.ndarray:

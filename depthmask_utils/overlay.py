@@ -23,6 +23,7 @@ from .backgrounds import load_backgrounds
 from .errors import DatasetError, InputError
 from .masks import alpha_to_mask, load_foregrounds
 from .storage import (atomic_write_bytes, atomic_write_json, composite_id, encode_jpeg_bgr, encode_png, read_json,
+                      remove_stale_temporaries,
                       shard_name, write_manifest, write_shard)
 
 
@@ -265,6 +266,7 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
         if not path.exists():
             tasks.append((str(path), bg, rows[bg * per_bg:(bg + 1) * per_bg]))
     (out / "shards").mkdir(exist_ok=True)
+    remove_stale_temporaries(out / "shards")
 
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
     done = len(rows) - sum(len(t[2]) for t in tasks)

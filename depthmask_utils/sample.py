@@ -464,7 +464,14 @@ def on_plain_backdrop(rgba: np.ndarray, backdrop: tuple[int, int, int], seed: in
     return np.clip(fg * a + back * (1 - a) + 0.5, 0, 255).astype(np.uint8)
 
 
-BACKDROPS = [(245, 245, 245), (60, 180, 75), (235, 235, 225)]
+BACKDROPS = [(245, 245, 245), (60, 180, 75), (70, 110, 200)]
+
+
+def pick_backdrop(rgba: np.ndarray) -> tuple[int, int, int]:
+    """The backdrop colour farthest from every colour the figure wears, as a photographer would
+    choose it (a white shirt on a white backdrop defeats any fuzzy select)."""
+    colours = rgba[..., :3][rgba[..., 3] >= 128].astype(np.int16)
+    return max(BACKDROPS, key=lambda b: int(np.abs(colours - np.array(b)).max(axis=1).min()))
 
 
 # --------------------------------------------------------------------------- the world
@@ -498,7 +505,7 @@ def make_sample_world(out: str | Path, n_bg: int = 8, n_fg: int = 8, size: int =
         h = int(size * rng.uniform(0.9, 1.6))
         rgba = render_person(seed * 100_003 + i, h)
         if i >= n_fg - n_plain:
-            backdrop = BACKDROPS[i % len(BACKDROPS)]
+            backdrop = pick_backdrop(rgba)
             Image.fromarray(on_plain_backdrop(rgba, backdrop, seed + i)).save(out / "fg" / f"person_{i:03d}.jpg",
                                                                                quality=95)
         else:

@@ -61,6 +61,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete temporary files a killed run left in ``folder`` (their names never look finished)."""
+    n = 0
+    for p in Path(folder).glob(".*.tmp-*"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

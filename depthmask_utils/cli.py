@@ -1,0 +1,169 @@
+"""``python -m depthmask_utils <command>``: each command calls the same function a notebook calls.
+
+Problems with input print one line, ``error: <file>: <problem>``, and exit with status 2; a
+failed ``verify`` lists its problems and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import PROFILES, get_profile
+from .errors import DepthmaskError
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def _profile(args):
+    return get_profile(args.profile)
+
+
+def cmd_sample(args) -> int:
+    from .sample import make_sample_world
+
+    p = _profile(args)
+    summary = make_sample_world(args.out, args.n_bg or p.n_bg, args.n_fg or p.n_fg, args.size or p.world_size,
+                                p.seed if args.seed is None else args.seed)
+    print(f"sample world in {args.out}: {summary['bg']}; {summary['fg']}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .overlay import generate
+
+    p = _profile(args)
+    r = generate(args.bg, args.fg, args.out, size=args.size or p.size, placements=args.placements or p.placements,
+                 scale=tuple(args.scale) if args.scale else p.scale, seed=p.seed if args.seed is None else args.seed,
+                 workers=args.workers, jpeg_quality=args.jpeg_quality or p.jpeg_quality)
+    for s in r.skipped:
+        print(f"skipped {s['kind']} {s['file']}: {s['reason']}", file=sys.stderr)
+    print(repr(r))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .overlay import verify
+
+    report = verify(args.dataset, workers=args.workers)
+    for p in report.problems:
+        print(p)
+    print(repr(report))
+    return 0 if report.ok else 1
+
+
+def cmd_label_depth(args) -> int:
+    from .depth import label_depth
+
+    p = _profile(args)
+    r = label_depth(args.dataset, teacher=args.teacher or p.teacher, mode=args.mode, batch_size=args.batch_size or p.batch_size,
+                    device=args.device, weights=args.weights, teacher_path=args.teacher_path,
+                    input_size=args.input_size or p.teacher_input, overwrite=args.overwrite)
+    print(repr(r))
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from .stats import dataset_stats
+
+    s = dataset_stats(args.dataset, workers=args.workers)
+    print(s.table().to_string())
+    print(f"wrote {Path(args.dataset) / 'stats.json'}")
+    return 0
+
+
+def cmd_gallery(args) -> int:
+    from .gallery import make_galleries
+
+    for path in make_galleries(args.dataset, n=args.n, strips=args.strips, seed=args.seed):
+        print(path)
+    return 0
+
+
+def cmd_run(args) -> int:
+    """Execute every chapter with papermill under a profile (writes executed copies to --out)."""
+    import papermill as pm
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for nb in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        print(f"running {nb.name} (profile {args.profile})", flush=True)
+        pm.execute_notebook(str(nb), str(out / nb.name), parameters={"profile": args.profile},
+                            cwd=str(NOTEBOOKS), progress_bar=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m depthmask_utils", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def add(name, func, help_):
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--profile", choices=list(PROFILES), default="sample",
+                        help="defaults for unset options (default: sample)")
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = add("sample", cmd_sample, "write the bundled sample world (rooms with exact depth, people)")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--n-bg", type=int)
+    sp.add_argument("--n-fg", type=int)
+    sp.add_argument("--size", type=int, help="photo height in pixels (photos are 4:3)")
+    sp.add_argument("--seed", type=int)
+
+    sp = add("generate", cmd_generate, "make fg_bg composites and masks into a dataset folder")
+    sp.add_argument("--bg", required=True, help="folder of background images")
+    sp.add_argument("--fg", required=True, help="folder of foregrounds (RGBA, or on a plain backdrop)")
+    sp.add_argument("--out", required=True, help="dataset folder")
+    sp.add_argument("--size", type=int)
+    sp.add_argument("--placements", type=int)
+    sp.add_argument("--scale", type=float, nargs=2, metavar=("LO", "HI"))
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--workers", type=int)
+    sp.add_argument("--jpeg-quality", type=int)
+
+    sp = add("verify", cmd_verify, "check every member, count and mask of a dataset")
+    sp.add_argument("dataset")
+    sp.add_argument("--workers", type=int)
+
+    sp = add("label-depth", cmd_label_depth, "add depth labels from a teacher")
+    sp.add_argument("dataset")
+    sp.add_argument("--teacher", choices=["depth-anything-v2-small", "dpt-hybrid-midas", "scene"])
+    sp.add_argument("--mode", choices=["per-composite", "bg-plus-foreground"], default="bg-plus-foreground")
+    sp.add_argument("--batch-size", type=int)
+    sp.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
+    sp.add_argument("--weights", choices=["pretrained", "random"], default="pretrained",
+                    help="random: same architecture with random weights (offline tests and timing only)")
+    sp.add_argument("--teacher-path", help="local folder with the teacher's config.json and weights")
+    sp.add_argument("--input-size", type=int, help="square side the teacher sees")
+    sp.add_argument("--overwrite", action="store_true", help="relabel shards labelled by another teacher")
+
+    sp = add("stats", cmd_stats, "exact mean/std per category and channel -> stats.json")
+    sp.add_argument("dataset")
+    sp.add_argument("--workers", type=int)
+
+    sp = add("gallery", cmd_gallery, "grids per category and per-sample strips -> DATASET/gallery/")
+    sp.add_argument("dataset")
+    sp.add_argument("--n", type=int, default=16)
+    sp.add_argument("--strips", type=int, default=4)
+    sp.add_argument("--seed", type=int, default=0)
+
+    sp = add("run", cmd_run, "execute every chapter notebook with papermill")
+    sp.add_argument("--out", default="executed")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DepthmaskError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # bad option values (scale, mode, sizes)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished shards are kept; run the same command again to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,37 @@
+import os
+import shutil
+
+import pytest
+
+# Tests never download: any hub access must fail at once rather than retry for half a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """A tiny sample world: 3 rooms, 4 people (the last on a plain backdrop)."""
+    from depthmask_utils.sample import make_sample_world
+
+    out = tmp_path_factory.mktemp("world")
+    make_sample_world(out, n_bg=3, n_fg=4, size=72, seed=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def built(world, tmp_path_factory):
+    """A generated dataset over the tiny world (read-only: copy it before changing it)."""
+    from depthmask_utils.overlay import generate
+
+    out = tmp_path_factory.mktemp("ds") / "ds"
+    generate(world / "bg", world / "fg", out, size=64, placements=3, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture
+def dataset(built, tmp_path):
+    """A private copy of the generated dataset."""
+    dst = tmp_path / "ds"
+    shutil.copytree(built, dst)
+    return dst

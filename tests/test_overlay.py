@@ -1,0 +1,213 @@
+import errno
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from depthmask_utils import storage
+from depthmask_utils.errors import DatasetError, InputError
+from depthmask_utils.overlay import (ForegroundPyramid, blend_premultiplied, composite, generate, plan_placements,
+                                     placement_rng, premultiply, verify)
+from depthmask_utils.sample import render_person
+from depthmask_utils.storage import decode_image, read_json, read_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@settings(max_examples=60, deadline=None)
+@given(fw=st.integers(1, 300), fh=st.integers(1, 300), size=st.integers(32, 256), n=st.integers(1, 20),
+       lo=st.floats(0.2, 0.6), span=st.floats(0.0, 0.4), seed=st.integers(0, 2**32 - 1))
+def test_placements_distinct_in_bounds_deterministic(fw, fh, size, n, lo, span, seed):
+    scale = (lo, min(1.0, lo + span))
+    boxes = plan_placements(fw, fh, size, n, scale, np.random.default_rng(seed))
+    again = plan_placements(fw, fh, size, n, scale, np.random.default_rng(seed))
+    assert np.array_equal(boxes, again)
+    assert len({tuple(b) for b in boxes.tolist()}) == n
+    x, y, w, h = boxes.T
+    assert (x >= 0).all() and (y >= 0).all() and (x + w <= size).all() and (y + h <= size).all()
+    assert (w >= 1).all() and (h >= 1).all()
+    # aspect kept to within rounding
+    assert np.all(np.abs(w / h - fw / fh) <= (fw / fh) * (1 / h) + 1 / h + 1e-9)
+
+
+def test_placement_streams_differ_per_key():
+    a = plan_placements(50, 100, 224, 20, (0.35, 0.65), placement_rng(0, 1, 2, 0))
+    b = plan_placements(50, 100, 224, 20, (0.35, 0.65), placement_rng(0, 1, 2, 1))
+    c = plan_placements(50, 100, 224, 20, (0.35, 0.65), placement_rng(0, 2, 1, 0))
+    assert not np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), x=st.integers(0, 30), y=st.integers(0, 30))
+def test_composite_outside_is_bg_inside_is_fg(seed, x, y):
+    rng = np.random.default_rng(seed)
+    bg = rng.integers(0, 256, (64, 64, 3), np.uint8)
+    fg = rng.integers(0, 256, (20, 16, 4), np.uint8)
+    fg[..., 3] = rng.choice([0, 255, 128], size=(20, 16))
+    out, mask = composite(bg, premultiply(fg), x, y)
+    outside = mask == 0
+    assert np.array_equal(out[outside], bg[outside])
+    placed_fg = np.zeros_like(bg)
+    placed_fg[y:y + 20, x:x + 16] = fg[..., :3]
+    inside = mask == 255
+    assert np.array_equal(out[inside], placed_fg[inside])
+    half = mask == 128
+    expected = (placed_fg[half].astype(int) * 128 / 255 + bg[half].astype(int) * 127 / 255)
+    assert np.abs(out[half] - expected).max() <= 1.0
+
+
+@settings(max_examples=20, deadline=None)
+@given(x=st.integers(0, 40), y=st.integers(0, 40), colour=st.tuples(*[st.integers(0, 255)] * 3))
+def test_stored_composite_matches_up_to_jpeg_tolerance(x, y, colour):
+    yy, xx = np.mgrid[0:64, 0:64]
+    bg = np.dstack([xx * 3, yy * 3, 255 - xx * 2]).astype(np.uint8)  # photo-like: smooth
+    fg = np.zeros((20, 20, 4), np.uint8)
+    fg[...] = colour + (255,)
+    out, mask = composite(bg, premultiply(fg), x, y)
+    dec = decode_image(storage.encode_jpeg_bgr(np.ascontiguousarray(out[..., ::-1]), 90))  # PIL decodes to RGB
+    dec = dec.astype(int)
+    inside = np.zeros((64, 64), bool)
+    inside[y + 4:y + 16, x + 4:x + 16] = True  # away from the edge, where JPEG rings
+    far = np.ones((64, 64), bool)
+    far[max(0, y - 8):y + 28, max(0, x - 8):x + 28] = False
+    # JPEG (4:2:0) error: small on average, bounded everywhere
+    for got, want in ((dec[inside], np.array(colour)), (dec[far], bg[far])):
+        err = np.abs(got - want)
+        assert err.mean() <= 4 and err.max() <= 40
+
+
+def test_premultiplied_resize_does_not_bleed():
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[..., 0] = 255  # transparent pixels are pure red
+    rgba[10:30, 10:30] = (0, 0, 255, 255)  # an opaque blue square
+    placed = ForegroundPyramid(rgba, 40).placed(0, 13, 13)
+    edge = placed[..., 3] > 0
+    assert placed[..., 0][edge].max() <= 2, "red from transparent pixels leaked into the edge"
+
+
+def test_generate_counts_manifest_and_verify(built):
+    info = read_json(built / "dataset.json")
+    rows = read_manifest(built / "manifest.csv")
+    assert info["counts"]["composites"] == len(rows) == 3 * 4 * 2 * 3
+    assert list(rows[0])[:10] == storage.MANIFEST_FIELDS
+    assert len({r["id"] for r in rows}) == len(rows)
+    with zipfile.ZipFile(built / "shards" / "bg_000.zip") as zf:
+        names = zf.namelist()
+        assert len(names) == 2 * 4 * 2 * 3 and all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+        r = rows[5]
+        mask = decode_image(zf.read(f"mask/{r['id']}.png"))
+        x, y, w, h = (int(r[k]) for k in "xywh")
+        assert mask[y:y + h, x:x + w].max() == 255 and mask.sum() == mask[y:y + h, x:x + w].sum()
+        assert decode_image(zf.read(f"fg_bg/{r['id']}.jpg")).shape == (64, 64, 3)
+    assert [f["method"] for f in info["inputs"]["fg"]] == ["alpha"] * 3 + ["fuzzy-select"]
+    assert verify(built, workers=1).ok
+
+
+def test_verify_finds_a_wrong_mask_and_a_missing_member(dataset):
+    shard = dataset / "shards" / "bg_001.zip"
+    with zipfile.ZipFile(shard) as zf:
+        members = [(n, zf.read(n)) for n in zf.namelist()]
+    bad = np.zeros((64, 64), np.uint8)
+    members = [(n, storage.encode_png(bad) if i == 1 else d) for i, (n, d) in enumerate(members)][:-1]
+    storage.write_shard(shard, members)
+    report = verify(dataset, workers=1)
+    assert not report.ok
+    text = "\n".join(report.problems)
+    assert "pixels differ from the fg alpha" in text and "missing" in text and "bg_001.zip" in text
+    out = subprocess.run([sys.executable, "-m", "depthmask_utils", "verify", str(dataset)], capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+
+
+def _files(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and (p.suffix in (".zip",) or p.name == "manifest.csv")}
+
+
+def test_resume_after_kill_is_byte_identical(world, tmp_path):
+    args = [sys.executable, "-m", "depthmask_utils", "generate", "--bg", str(world / "bg"), "--fg", str(world / "fg"),
+            "--size", "96", "--placements", "12", "--workers", "1"]
+    ref = tmp_path / "ref"
+    subprocess.run(args + ["--out", str(ref)], check=True, capture_output=True)
+    victim = tmp_path / "victim"
+    proc = subprocess.Popen(args + ["--out", str(victim)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((victim / "shards").glob("bg_*.zip")):
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    finished = sorted(p.name for p in (victim / "shards").glob("bg_*.zip"))
+    assert 1 <= len(finished) < 3, "the kill should land mid-run"
+    assert not (victim / "dataset.json").exists(), "an interrupted dataset must not look finished"
+    subprocess.run(args + ["--out", str(victim)], check=True, capture_output=True)
+    assert not list((victim / "shards").glob(".*tmp*")), "temporary files left behind"
+    assert _files(victim) == _files(ref)
+
+
+def test_disk_full_mid_shard_leaves_no_finished_looking_shard(world, tmp_path, monkeypatch):
+    real = zipfile.ZipFile.writestr
+    calls = {"n": 0}
+
+    def failing(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", failing)
+    out = tmp_path / "ds"
+    with pytest.raises(DatasetError, match="disk full"):
+        generate(world / "bg", world / "fg", out, size=64, placements=3, workers=1, progress=False)
+    assert list((out / "shards").iterdir()) == [], "a half shard or its temporary file was left behind"
+    assert not (out / "dataset.json").exists()
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", real)
+    generate(world / "bg", world / "fg", out, size=64, placements=3, workers=1, progress=False)
+    assert verify(out, workers=1).ok
+
+
+def test_bad_inputs_are_listed_not_silently_dropped(world, tmp_path):
+    bg, fg = tmp_path / "bg", tmp_path / "fg"
+    shutil.copytree(world / "bg", bg)
+    shutil.copytree(world / "fg", fg)
+    (bg / "broken.jpg").write_bytes((bg / "room_000.jpg").read_bytes()[:300])
+    (bg / "readme.png").write_text("not an image")
+    Image.fromarray(np.zeros((30, 30, 4), np.uint8), "RGBA").save(fg / "ghost.png")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 30, 3), np.uint8)).save(fg / "busy.jpg")
+    r = generate(bg, fg, tmp_path / "ds", size=48, placements=2, workers=2, progress=False)
+    assert (r.n_bg, r.n_fg) == (3, 4) and r.composites == 3 * 4 * 2 * 2
+    skipped = {s["file"]: s["reason"] for s in read_json(tmp_path / "ds" / "dataset.json")["skipped"]}
+    assert set(skipped) == {"broken.jpg", "readme.png", "ghost.png", "busy.jpg"}
+    assert "fully transparent" in skipped["ghost.png"] and "plain backdrop" in skipped["busy.jpg"]
+    out = subprocess.run([sys.executable, "-m", "depthmask_utils", "generate", "--bg", str(bg), "--fg", str(fg),
+                          "--out", str(tmp_path / "ds2"), "--size", "48", "--placements", "2"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "skipped fg ghost.png: fully transparent" in out.stderr
+
+
+def test_unusable_folders_fail_clearly(world, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no images found"):
+        generate(empty, world / "fg", tmp_path / "ds", size=48, placements=2, progress=False)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.png").write_text("nope")
+    with pytest.raises(InputError, match="no usable backgrounds.*a.png"):
+        generate(junk, world / "fg", tmp_path / "ds", size=48, placements=2, progress=False)
+    out = subprocess.run([sys.executable, "-m", "depthmask_utils", "generate", "--bg", str(empty), "--fg",
+                          str(world / "fg"), "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert out.returncode == 2 and "error:" in out.stderr and str(empty) in out.stderr and "Traceback" not in out.stderr
+
+
+def test_other_parameters_refuse_to_mix(built, tmp_path, world):
+    dst = tmp_path / "ds"
+    shutil.copytree(built, dst)
+    with pytest.raises(DatasetError, match="other parameters"):
+        generate(world / "bg", world / "fg", dst, size=64, placements=4, workers=1, progress=False)
