@@ -110,9 +110,6 @@ def sample_strips(dataset: str | Path, n: int = 4, seed: int = 0, ids: list[str]
 
 def make_galleries(dataset: str | Path, n: int = 16, strips: int = 4, seed: int = 0) -> list[Path]:
     """Write ``gallery/<category>.png`` for each category present and ``gallery/strips.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     dataset = Path(dataset)
@@ -132,3 +129,21 @@ def make_galleries(dataset: str | Path, n: int = 16, strips: int = 4, seed: int 
     plt.close(fig)
     written.append(out / "strips.png")
     return written
+
+
+def show_row(images: list, titles: list[str] | None = None, size: float = 2.2, cmap: str = "gray"):
+    """A one-row Figure of images (RGB, RGBA over a checkerboard, or greyscale with ``cmap``)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(images), figsize=(size * len(images), size * 1.1), squeeze=False)
+    for i, (ax, img) in enumerate(zip(axes[0], images)):
+        img = np.asarray(img)
+        if img.ndim == 2:
+            ax.imshow(img, cmap=cmap, vmin=0, vmax=255 if img.dtype == np.uint8 else None)
+        else:
+            ax.imshow(show_rgba(img) if img.shape[-1] == 4 else img)
+        ax.set_axis_off()
+        if titles:
+            ax.set_title(titles[i], fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -116,7 +116,10 @@ class ForegroundPyramid:
         h = min(max_h, rgba.shape[0])
         while True:
             w = max(1, round(h * self.aspect))
-            lvl = np.asarray(pil if (w, h) == pil.size else pil.resize((w, h), Image.LANCZOS))
+            lvl = np.array(pil if (w, h) == pil.size else pil.resize((w, h), Image.LANCZOS))
+            # Lanczos overshoots; keep the premultiplied invariant colour <= alpha, or pixels with
+            # alpha 0 would still add colour to the background.
+            np.minimum(lvl[..., :3], lvl[..., 3:], out=lvl[..., :3])
             self.levels.append((lvl, np.ascontiguousarray(lvl[:, ::-1])))
             if h <= min_h or h <= 2:
                 break
@@ -281,6 +284,9 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
                 for n in pool.imap_unordered(_write_one_shard, tasks):
                     bar.update(n)
 
+    result = GenerateResult(out, len(rows), len(bgs.images), len(tasks), len(bgs.images), len(fgs.images), skipped)
+    if not tasks and (out / "dataset.json").exists():
+        return result  # already complete: leave later chapters' additions (depth columns) alone
     write_manifest(out / "manifest.csv", rows)
     info = {
         "format": "depthmask-dataset/1",
@@ -300,11 +306,13 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
         "members": {"fg_bg": "fg_bg/<id>.jpg", "mask": "mask/<id>.png"},
     }
     old = out / "dataset.json"
-    if old.exists():  # keep what later chapters added (depth labels), refresh the rest
+    if old.exists():
+        # Keep what later chapters added, except depth: the shards just written have no labels yet,
+        # so the dataset must not claim them (label-depth will label just those shards).
         prev = read_json(old)
-        info.update({k: v for k, v in prev.items() if k not in info})
+        info.update({k: v for k, v in prev.items() if k not in info and k != "depth"})
     atomic_write_json(old, info)
-    return GenerateResult(out, len(rows), len(bgs.images), len(tasks), len(bgs.images), len(fgs.images), skipped)
+    return result
 
 
 # --------------------------------------------------------------------------- verify
@@ -354,7 +362,8 @@ def _verify_shard(task: tuple) -> list[str]:
                 problems.append(f"{shard_path}:mask/{cid}.png: {bad} pixels differ from the fg alpha at its box")
         expected_names = {f"{d}/{r['id']}.{e}" for r in rows
                           for d, e in (("fg_bg", "jpg"), ("mask", "png")) + ((("depth", "png"),) if depth else ())}
-        extra = sorted(n for n in names - expected_names if not n.startswith("depth/_"))
+        # Depth members of a shard labelled ahead of the rest (a resumable labelling run) are fine.
+        extra = sorted(n for n in names - expected_names if not n.startswith("depth/_" if depth else "depth/"))
         if extra:
             problems.append(f"{shard_path}: {len(extra)} members not in the manifest, e.g. {extra[0]}")
     return problems

@@ -153,3 +153,15 @@ def test_scene_teacher_needs_sample_world_depth(dataset, tmp_path):
     (dataset / "dataset.json").write_text(json.dumps(info))
     with pytest.raises(TeacherUnavailable, match="exact depth not found"):
         D.label_depth(dataset, "scene", progress=False)
+
+
+def test_regenerating_a_labelled_shard_withdraws_the_depth_claim(dataset, world):
+    from depthmask_utils.overlay import generate
+
+    D.label_depth(dataset, "scene", progress=False)
+    (dataset / "shards" / "bg_001.zip").unlink()
+    generate(world / "bg", world / "fg", dataset, size=64, placements=3, workers=1, progress=False)
+    assert "depth" not in read_json(dataset / "dataset.json")
+    assert verify(dataset, workers=1).ok  # consistent: no depth claimed, none required
+    r = D.label_depth(dataset, "scene", progress=False)
+    assert r.shards_labelled == 1 and verify(dataset, workers=1).ok

@@ -84,6 +84,21 @@ def test_stored_composite_matches_up_to_jpeg_tolerance(x, y, colour):
         assert err.mean() <= 4 and err.max() <= 40
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 50), h=st.integers(8, 90), flip=st.integers(0, 1))
+def test_pyramid_composite_leaves_the_room_untouched_outside_the_mask(seed, h, flip):
+    fg = render_person(seed, 120)
+    pyr = ForegroundPyramid(fg, 96)
+    w = max(1, round(h * fg.shape[1] / fg.shape[0]))
+    bg = np.random.default_rng(seed).integers(0, 256, (96, 96 + w, 3), np.uint8)
+    placed = pyr.placed(flip, w, h)
+    assert (placed[..., :3] <= placed[..., 3:]).all()
+    out, mask = composite(bg, placed, 3, 2)
+    assert np.array_equal(out[mask == 0], bg[mask == 0])
+    inside = mask == 255
+    assert np.array_equal(out[inside], placed[..., :3][placed[..., 3] == 255])
+
+
 def test_premultiplied_resize_does_not_bleed():
     rgba = np.zeros((40, 40, 4), np.uint8)
     rgba[..., 0] = 255  # transparent pixels are pure red
