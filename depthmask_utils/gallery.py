@@ -104,7 +104,8 @@ def sample_strips(dataset: str | Path, n: int = 4, seed: int = 0, ids: list[str]
             caption += f"  raw depth {float(r['depth_lo']):.3g}..{float(r['depth_hi']):.3g}"
         axes[i, 0].text(0, -0.04, caption, transform=axes[i, 0].transAxes, fontsize=8, va="top", clip_on=False)
     # Manual spacing: tight_layout would squeeze the images to make room for the long captions.
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.95, bottom=0.04, wspace=0.04, hspace=0.22)
+    height = len(picks) * 2.15
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.3 / height, bottom=0.3 / height, wspace=0.04, hspace=0.22)
     return fig
 
 
