@@ -69,9 +69,13 @@ def environment_report() -> dict:
         report["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     except ImportError:
         report["torch"], report["device"] = None, "cpu"
+    import warnings
+
     for mod in ("numpy", "PIL", "transformers"):
         try:
-            report[mod] = __import__(mod).__version__
+            with warnings.catch_warnings():  # transformers' tqdm import warns in notebooks
+                warnings.filterwarnings("ignore", message="IProgress not found")
+                report[mod] = __import__(mod).__version__
         except ImportError:
             report[mod] = None
     return report

@@ -68,12 +68,24 @@ TEACHERS = {
 }
 
 
+def _transformers():
+    """Import transformers without its tqdm "IProgress not found" warning in notebooks (it names
+    this machine's install path and says nothing about the teacher)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import transformers
+    return transformers
+
+
 def teacher_config(name: str, tiny: bool = False):
     """The transformers config of a teacher's architecture, written out so no download is needed.
 
     ``tiny=True`` keeps the architecture but shrinks widths and depths - for fast unit tests only.
     """
-    from transformers import DepthAnythingConfig, Dinov2Config, DPTConfig
+    tf = _transformers()
+    DepthAnythingConfig, Dinov2Config, DPTConfig = tf.DepthAnythingConfig, tf.Dinov2Config, tf.DPTConfig
 
     if name == "depth-anything-v2-small":
         backbone = Dinov2Config(image_size=518, patch_size=14, hidden_size=384, num_attention_heads=6,
@@ -171,7 +183,8 @@ def load_teacher(name: str, weights: str = "pretrained", path: str | Path | None
     spec = TEACHERS[name]
     try:
         import torch  # noqa: F401
-        from transformers import AutoModelForDepthEstimation
+
+        AutoModelForDepthEstimation = _transformers().AutoModelForDepthEstimation
     except ImportError as exc:
         raise TeacherUnavailable(f"teacher {name}: needs torch and transformers ({exc}); "
                                  "pip install -r requirements.txt") from None

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DatasetError
-from .storage import atomic_write_json, open_shard, read_json, read_manifest
+from .storage import atomic_write_json, decode_png_gray, open_shard, read_json, read_manifest
 
 CHANNELS = {"bg": 3, "fg": 3, "fg_bg": 3, "mask": 1, "depth": 1}
 
@@ -52,6 +52,9 @@ def moments_from_hist(hist: np.ndarray, scale: float = 255.0) -> tuple[list[floa
 
 def image_hist(data: bytes, name: str) -> np.ndarray:
     """Decode image bytes and return its per-channel histogram, int64 (C, 256)."""
+    gray = decode_png_gray(data)  # masks and depth: the fast path
+    if gray is not None:
+        return np.bincount(gray.ravel(), minlength=256).astype(np.int64)[None]
     try:
         with Image.open(io.BytesIO(data)) as im:
             h = im.histogram()

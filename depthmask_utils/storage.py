@@ -16,7 +16,9 @@ import errno
 import io
 import json
 import os
+import struct
 import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -125,6 +127,38 @@ def encode_png(img: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
+
+
+def decode_png_gray(data: bytes) -> np.ndarray | None:
+    """Fast path for the greyscale PNGs :func:`encode_png` writes: uint8 (H, W), or None.
+
+    Those files use no row filter, so the pixels are the zlib-inflated IDAT stream minus one
+    filter byte per row - one ``zlib.decompress``, ~4x faster than a general decoder. Anything
+    else (another colour type, bit depth, interlacing or row filter) returns None: use PIL.
+    """
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return None
+    w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if depth != 8 or colour != 0 or interlace != 0:
+        return None
+    pos, idat = 8, []
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IDAT":
+            idat.append(data[pos + 8:pos + 8 + length])
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    try:
+        raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
+    except zlib.error:
+        return None
+    if raw.size != h * (w + 1):
+        return None
+    rows = raw.reshape(h, w + 1)
+    if rows[:, 0].any():  # some row uses a filter: not ours
+        return None
+    return rows[:, 1:]
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from depthmask_utils.errors import DatasetError
-from depthmask_utils.storage import (atomic_write_bytes, decode_image, encode_jpeg_bgr, encode_png, open_shard,
-                                     write_shard)
+from depthmask_utils.storage import (atomic_write_bytes, decode_image, decode_png_gray, encode_jpeg_bgr, encode_png,
+                                     open_shard, write_shard)
 
 
 def test_fast_png_is_lossless_and_readable_by_pil():
@@ -51,3 +51,17 @@ def test_bad_shards_and_members_are_named(tmp_path):
     atomic_write_bytes(tmp_path / "f.bin", b"ok")
     assert (tmp_path / "f.bin").read_bytes() == b"ok"
     assert zipfile.is_zipfile(tmp_path / "bad.zip") is False
+
+
+def test_fast_png_reader_agrees_with_pil_or_declines():
+    rng = np.random.default_rng(1)
+    mask = np.zeros((64, 48), np.uint8)
+    mask[10:40, 5:30] = rng.integers(0, 256, (30, 25))
+    assert np.array_equal(decode_png_gray(encode_png(mask)), mask)
+    assert np.array_equal(decode_png_gray(encode_png(mask)), np.asarray(Image.open(io.BytesIO(encode_png(mask)))))
+    for im in (Image.fromarray(mask), Image.fromarray(np.dstack([mask] * 3)), Image.fromarray(mask.astype(np.uint16) * 200)):
+        buf = io.BytesIO()
+        im.save(buf, "PNG")  # PIL's adaptive filters, RGB, 16-bit: not the fast path's format
+        got = decode_png_gray(buf.getvalue())
+        assert got is None or np.array_equal(got, np.asarray(im))
+    assert decode_png_gray(b"not a png") is None
