@@ -388,6 +388,9 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
             raise DatasetError(f"{dataset / shard}: not labelled - re-run label-depth")
         teachers.add((rec["teacher"], rec["mode"], rec["rows"][0].get("weights", "") if rec["rows"] else ""))
         ranges.update({r["id"]: r for r in rec["rows"]})
+    if len(teachers) > 1:
+        raise DatasetError(f"{dataset}: shards labelled by different teachers/modes {sorted(teachers)}; "
+                           "re-run with --overwrite")
     missing = [r["id"] for r in rows if r["id"] not in ranges]
     if missing:
         raise DatasetError(f"{dataset}: {len(missing)} composites have no depth label, e.g. {missing[0]}")
@@ -400,17 +403,9 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
                      "member": "depth/<id>.png",
                      "encoding": "uint8 PNG of relative inverse depth, normalised per image (255 = nearest); "
                                  "raw = depth_lo + png/255 * (depth_hi - depth_lo), columns in manifest.csv"}
-    if len(teachers) > 1:
-        raise DatasetError(f"{dataset}: shards labelled by different teachers/modes {sorted(teachers)}; "
-                           "re-run with --overwrite")
     atomic_write_json(dataset / "dataset.json", info)
     return LabelResult(teacher, mode, used_weights, len(rows), len(todo),
                        (model.calls if model else 0), seconds)
-
-
-def read_depth(zf, cid: str) -> np.ndarray:
-    """The stored depth label of composite ``cid`` from an open shard: uint8 (H, W)."""
-    return decode_image(zf.read(f"depth/{cid}.png"), f"depth/{cid}.png")
 
 
 # --------------------------------------------------------------------------- comparing the modes

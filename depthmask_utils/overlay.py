@@ -160,12 +160,6 @@ def pyramids_for(fgs: list[np.ndarray], size: int, scale: tuple[float, float]) -
     return [ForegroundPyramid(f, max_h, min_h) for f in fgs]
 
 
-def render_composite(bg: np.ndarray, pyramid: ForegroundPyramid, row: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The composite and mask for one manifest row (``bg`` uint8 (H, W, 3), any channel order)."""
-    placed = pyramid.placed(int(row["flip"]), int(row["w"]), int(row["h"]))
-    return composite(bg, placed, int(row["x"]), int(row["y"]))
-
-
 # --------------------------------------------------------------------------- shards
 
 _WORKER: dict = {}
@@ -176,19 +170,20 @@ def _init_worker(bgs: list[np.ndarray], fgs: list[np.ndarray], jpeg_quality: int
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
-    _WORKER.update(bgs=bgs, pyramids=pyramids_for(fgs, size, scale), q=jpeg_quality)
+    # Worker state, set once per process by the pool initializer: backgrounds and foreground
+    # pyramids in BGR(A) order, so OpenCV's JPEG encoder takes each composite as it is.
+    bgr = [np.ascontiguousarray(b[..., ::-1]) for b in bgs]
+    bgra = [np.ascontiguousarray(f[..., [2, 1, 0, 3]]) for f in fgs]
+    _WORKER.update(bgs=bgr, pyramids=pyramids_for(bgra, size, scale), q=jpeg_quality)
 
 
-def shard_members(bg: np.ndarray, pyramids: list[ForegroundPyramid], rows: list[dict], jpeg_quality: int):
+def shard_members(bgr: np.ndarray, pyramids: list[ForegroundPyramid], rows: list[dict], jpeg_quality: int):
     """Yield (member name, bytes) for one shard: fg_bg/<id>.jpg then mask/<id>.png per row.
 
-    Compositing happens in BGR so OpenCV's JPEG encoder takes the array without a conversion.
+    ``bgr`` and the pyramids are in BGR(A) channel order, which OpenCV's JPEG encoder expects.
     """
-    bgr = np.ascontiguousarray(bg[..., ::-1])
-    bgr_pyramids = pyramids  # pyramids are RGBa; swap channels of the placed fg, not of every level
     for row in rows:
-        placed = bgr_pyramids[row["fg"]].placed(int(row["flip"]), int(row["w"]), int(row["h"]))
-        placed = placed[..., [2, 1, 0, 3]]
+        placed = pyramids[row["fg"]].placed(int(row["flip"]), int(row["w"]), int(row["h"]))
         fg_bg, mask = composite(bgr, placed, int(row["x"]), int(row["y"]))
         yield f"fg_bg/{row['id']}.jpg", encode_jpeg_bgr(fg_bg, jpeg_quality)
         yield f"mask/{row['id']}.png", encode_png(mask)

@@ -90,13 +90,6 @@ def read_json(path: str | Path) -> dict:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from None
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
-    """uint8 (H, W, 3) -> JPEG bytes (4:2:0, libjpeg defaults, deterministic)."""
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
 def encode_jpeg_bgr(bgr: np.ndarray, quality: int) -> bytes:
     """uint8 (H, W, 3) in BGR order -> JPEG bytes via OpenCV (libjpeg-turbo, ~1.5x PIL's speed)."""
     import cv2
