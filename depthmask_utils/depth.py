@@ -318,6 +318,20 @@ def label_shard(dataset: Path, shard: str, rows: list[dict], teacher, mode: str,
     return labels, records
 
 
+def _relabel_shard(task: tuple) -> int:
+    """Label one shard and rewrite it atomically with its depth members and labels record."""
+    dataset, shard, rows, model, teacher, mode, used_weights, size, batch_size = task
+    labels, records = label_shard(dataset, shard, rows, model, mode, size, batch_size)
+    with open_shard(dataset / shard) as zf:
+        keep = [(n, zf.read(n)) for n in zf.namelist() if not n.startswith("depth/")]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, ["id", "depth_lo", "depth_hi", "teacher", "mode", "weights"], lineterminator="\n")
+    w.writeheader()
+    w.writerows({**rec, "teacher": teacher, "mode": mode, "weights": used_weights} for rec in records)
+    write_shard(dataset / shard, keep + labels + [(LABELS_MEMBER, buf.getvalue().encode())])
+    return len(rows)
+
+
 def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plus-foreground",
                 batch_size: int = 32, device: str | None = None, weights: str = "pretrained",
                 teacher_path: str | Path | None = None, input_size: int = 518, overwrite: bool = False,
@@ -363,20 +377,23 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             model = load_teacher(teacher, weights, teacher_path, device, input_size)
     used_weights = "exact" if teacher == "scene" else (model.weights if model else weights)
+    tasks = [(dataset, shard, by_shard[shard], model or "scene", teacher, mode, used_weights, size, batch_size)
+             for shard in todo]
     t0 = time.perf_counter()
     with tqdm(total=len(rows), initial=len(rows) - sum(len(by_shard[s]) for s in todo), unit="img",
               desc=f"depth ({teacher})", disable=not progress) as bar:
-        for shard in todo:
-            srows = by_shard[shard]
-            labels, records = label_shard(dataset, shard, srows, model or "scene", mode, size, batch_size)
-            with open_shard(dataset / shard) as zf:
-                keep = [(n, zf.read(n)) for n in zf.namelist() if not n.startswith("depth/")]
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, ["id", "depth_lo", "depth_hi", "teacher", "mode", "weights"], lineterminator="\n")
-            w.writeheader()
-            w.writerows({**rec, "teacher": teacher, "mode": mode, "weights": used_weights} for rec in records)
-            write_shard(dataset / shard, keep + labels + [(LABELS_MEMBER, buf.getvalue().encode())])
-            bar.update(len(srows))
+        if teacher == "scene" and len(tasks) > 1:
+            # The exact depth needs no model: label shards in parallel, one process per core.
+            import multiprocessing as mp
+            import os
+
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ctx.Pool(min(len(tasks), os.cpu_count() or 1)) as pool:
+                for n in pool.imap_unordered(_relabel_shard, tasks):
+                    bar.update(n)
+        else:  # a network teacher stays in this process, on its device, batching across a shard
+            for task in tasks:
+                bar.update(_relabel_shard(task))
     seconds = time.perf_counter() - t0
 
     # Gather the per-image ranges from every shard into the manifest, then mark dataset.json.
@@ -387,7 +404,7 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
         if rec is None:
             raise DatasetError(f"{dataset / shard}: not labelled - re-run label-depth")
         teachers.add((rec["teacher"], rec["mode"], rec["rows"][0].get("weights", "") if rec["rows"] else ""))
-        ranges.update({r["id"]: r for r in rec["rows"]})
+        ranges.update({r["id"]: (r["depth_lo"], r["depth_hi"]) for r in rec["rows"]})
     if len(teachers) > 1:
         raise DatasetError(f"{dataset}: shards labelled by different teachers/modes {sorted(teachers)}; "
                            "re-run with --overwrite")
@@ -395,7 +412,7 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
     if missing:
         raise DatasetError(f"{dataset}: {len(missing)} composites have no depth label, e.g. {missing[0]}")
     for r in rows:
-        r["depth_lo"], r["depth_hi"] = ranges[r["id"]]["depth_lo"], ranges[r["id"]]["depth_hi"]
+        r["depth_lo"], r["depth_hi"] = ranges.pop(r["id"])
     write_manifest(dataset / "manifest.csv", rows, MANIFEST_FIELDS + ["depth_lo", "depth_hi"])
     info = read_json(dataset / "dataset.json")
     info["depth"] = {"teacher": teacher, "mode": mode, "weights": used_weights,
