@@ -40,8 +40,9 @@ from PIL import Image
 
 from .backgrounds import center_crop_box
 from .errors import DatasetError, TeacherUnavailable
+from .parallel import run_tasks
 from .storage import (MANIFEST_FIELDS, atomic_write_json, decode_image, encode_png, open_shard, read_json,
-                      read_manifest, remove_stale_temporaries, write_manifest, write_shard)
+                      read_manifest, remove_stale_temporaries, rows_by_shard, write_manifest, write_shard)
 
 MODES = ("per-composite", "bg-plus-foreground")
 LABELS_MEMBER = "depth/_labels.csv"  # per-shard record: id, depth_lo, depth_hi (+ teacher, mode)
@@ -351,9 +352,7 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
     info = read_json(dataset / "dataset.json")
     rows = read_manifest(dataset / "manifest.csv")
     size = info["params"]["size"]
-    by_shard: dict[str, list[dict]] = {}
-    for r in rows:
-        by_shard.setdefault(r["shard"], []).append(r)
+    by_shard = rows_by_shard(rows)
 
     remove_stale_temporaries(dataset / "shards")
     todo = []
@@ -382,18 +381,10 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
     t0 = time.perf_counter()
     with tqdm(total=len(rows), initial=len(rows) - sum(len(by_shard[s]) for s in todo), unit="img",
               desc=f"depth ({teacher})", disable=not progress) as bar:
-        if teacher == "scene" and len(tasks) > 1:
-            # The exact depth needs no model: label shards in parallel, one process per core.
-            import multiprocessing as mp
-            import os
-
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(min(len(tasks), os.cpu_count() or 1)) as pool:
-                for n in pool.imap_unordered(_relabel_shard, tasks):
-                    bar.update(n)
-        else:  # a network teacher stays in this process, on its device, batching across a shard
-            for task in tasks:
-                bar.update(_relabel_shard(task))
+        # The exact depth needs no model, so shards are labelled in parallel; a network teacher
+        # stays in this process, on its device, batching within each shard.
+        for n in run_tasks(_relabel_shard, tasks, None if teacher == "scene" else 1, ordered=False):
+            bar.update(n)
     seconds = time.perf_counter() - t0
 
     # Gather the per-image ranges from every shard into the manifest, then mark dataset.json.

@@ -10,8 +10,6 @@ same resized alpha on a black canvas. One zip shard per background holds its com
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +20,9 @@ from . import __version__
 from .backgrounds import load_backgrounds
 from .errors import DatasetError, InputError
 from .masks import alpha_to_mask, load_foregrounds
+from .parallel import run_tasks
 from .storage import (atomic_write_bytes, atomic_write_json, composite_id, encode_jpeg_bgr, encode_png, read_json,
-                      remove_stale_temporaries,
-                      shard_name, write_manifest, write_shard)
+                      remove_stale_temporaries, shard_name, write_manifest, write_shard)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -266,18 +264,12 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
     (out / "shards").mkdir(exist_ok=True)
     remove_stale_temporaries(out / "shards")
 
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
     done = len(rows) - sum(len(t[2]) for t in tasks)
     with tqdm(total=len(rows), initial=done, unit="img", desc="composites", disable=not progress) as bar:
-        if workers == 1:
-            _init_worker(bgs.images, fgs.images, jpeg_quality, size, scale)
-            for task in tasks:
-                bar.update(_write_one_shard(task))
-        elif tasks:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(workers, _init_worker, (bgs.images, fgs.images, jpeg_quality, size, scale)) as pool:
-                for n in pool.imap_unordered(_write_one_shard, tasks):
-                    bar.update(n)
+        if tasks:
+            for n in run_tasks(_write_one_shard, tasks, workers, _init_worker,
+                               (bgs.images, fgs.images, jpeg_quality, size, scale), ordered=False):
+                bar.update(n)
 
     result = GenerateResult(out, len(rows), len(bgs.images), len(tasks), len(bgs.images), len(fgs.images), skipped)
     if not tasks and (out / "dataset.json").exists():
@@ -312,11 +304,21 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
 
 # --------------------------------------------------------------------------- verify
 
+_VERIFY: dict = {}
+
+
+def _init_verify(fg_dir: str, n_fg: int, size: int, scale: tuple[float, float]) -> None:
+    """Per-process state for verify: every prepared foreground's pyramid, built once."""
+    fgs = [np.asarray(Image.open(Path(fg_dir) / f"{j:03d}.png").convert("RGBA")) for j in range(n_fg)]
+    _VERIFY.update(pyramids=pyramids_for(fgs, size, scale), size=size)
+
+
 def _verify_shard(task: tuple) -> list[str]:
     """Problems found in one shard (empty list if none)."""
     from .storage import decode_image, open_shard
 
-    shard_path, rows, size, scale, fg_dir, depth = task
+    shard_path, rows, depth = task
+    size, pyramids = _VERIFY["size"], _VERIFY["pyramids"]
     problems: list[str] = []
     try:
         zf = open_shard(shard_path)
@@ -324,7 +326,6 @@ def _verify_shard(task: tuple) -> list[str]:
         return [str(exc)]
     with zf:
         names = set(zf.namelist())
-        pyramids: dict[int, ForegroundPyramid] = {}
         for row in rows:
             cid = row["id"]
             members = [f"fg_bg/{cid}.jpg", f"mask/{cid}.png"] + ([f"depth/{cid}.png"] if depth else [])
@@ -345,13 +346,9 @@ def _verify_shard(task: tuple) -> list[str]:
             mask = decoded.get(f"mask/{cid}.png")
             if mask is None:
                 continue
-            fg = int(row["fg"])
-            if fg not in pyramids:
-                fg_rgba = np.asarray(Image.open(Path(fg_dir) / f"{fg:03d}.png").convert("RGBA"))
-                pyramids[fg] = pyramids_for([fg_rgba], size, scale)[0]
             x, y, w, h = (int(row[k]) for k in ("x", "y", "w", "h"))
             expected = np.zeros((size, size), np.uint8)
-            expected[y:y + h, x:x + w] = pyramids[fg].placed(int(row["flip"]), w, h)[..., 3]
+            expected[y:y + h, x:x + w] = pyramids[int(row["fg"])].placed(int(row["flip"]), w, h)[..., 3]
             if not np.array_equal(mask, expected):
                 bad = int((mask != expected).sum())
                 problems.append(f"{shard_path}:mask/{cid}.png: {bad} pixels differ from the fg alpha at its box")
@@ -384,7 +381,7 @@ class VerifyReport:
 def verify(dataset: str | Path, workers: int | None = None) -> VerifyReport:
     """Check a dataset: every member readable and the right size, counts match the manifest and
     dataset.json, each mask equals its fg alpha at its box, depth present once labelled."""
-    from .storage import read_manifest
+    from .storage import read_manifest, rows_by_shard
 
     dataset = Path(dataset)
     if not (dataset / "dataset.json").exists():
@@ -398,21 +395,11 @@ def verify(dataset: str | Path, workers: int | None = None) -> VerifyReport:
         problems.append(f"{dataset / 'manifest.csv'}: {len(rows)} rows, dataset.json says {counts.get('composites')}")
     depth = "depth" in info
     size, scale = info["params"]["size"], tuple(info["params"]["scale"])
-    by_shard: dict[str, list[dict]] = {}
-    for r in rows:
-        by_shard.setdefault(r["shard"], []).append(r)
+    by_shard = rows_by_shard(rows)
     if counts.get("shards") is not None and counts["shards"] != len(by_shard):
         problems.append(f"{dataset}: manifest names {len(by_shard)} shards, dataset.json says {counts['shards']}")
-    tasks = [(str(dataset / s), rs, size, scale, str(dataset / "fg"), depth) for s, rs in sorted(by_shard.items())]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
-    if workers == 1:
-        results = map(_verify_shard, tasks)
-    else:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(workers)
-        results = pool.map(_verify_shard, tasks)
-        pool.close()
-        pool.join()
-    for found in results:
+    tasks = [(str(dataset / s), rs, depth) for s, rs in sorted(by_shard.items())]
+    n_fg = counts.get("fg", len(info.get("inputs", {}).get("fg", [])))
+    for found in run_tasks(_verify_shard, tasks, workers, _init_verify, (str(dataset / "fg"), n_fg, size, scale)):
         problems.extend(found)
     return VerifyReport(len(rows), len(by_shard), depth, problems)

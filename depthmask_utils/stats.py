@@ -17,8 +17,6 @@ their opaque pixels, alpha >= 128), ``fg_bg`` (composites), ``mask``, ``depth``.
 from __future__ import annotations
 
 import io
-import multiprocessing as mp
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +24,8 @@ import numpy as np
 from PIL import Image
 
 from .errors import DatasetError
-from .storage import atomic_write_json, decode_png_gray, open_shard, read_json, read_manifest
+from .parallel import run_tasks
+from .storage import atomic_write_json, decode_png_gray, open_shard, read_json, read_manifest, rows_by_shard
 
 CHANNELS = {"bg": 3, "fg": 3, "fg_bg": 3, "mask": 1, "depth": 1}
 
@@ -155,24 +154,14 @@ def dataset_stats(dataset: str | Path, workers: int | None = None, batch: int = 
     info = read_json(dataset / "dataset.json")
     with_depth = "depth" in info
     rows = read_manifest(dataset / "manifest.csv")
-    by_shard: dict[str, list[str]] = {}
-    for r in rows:
-        by_shard.setdefault(r["shard"], []).append(r["id"])
-    tasks = [(str(dataset / s), ids, with_depth, batch) for s, ids in sorted(by_shard.items())]
+    tasks = [(str(dataset / s), [r["id"] for r in rs], with_depth, batch)
+             for s, rs in sorted(rows_by_shard(rows).items())]
     total = _input_stats(dataset, batch)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     with tqdm(total=len(rows), unit="img", desc="stats", disable=not progress) as bar:
-        if workers == 1:
-            results = map(_shard_stats, tasks)
-            for (_, ids, _, _), acc in zip(tasks, results):
-                total.merge(acc)
-                bar.update(len(ids))
-        else:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(workers) as pool:
-                for (_, ids, _, _), acc in zip(tasks, pool.imap(_shard_stats, tasks)):
-                    total.merge(acc)
-                    bar.update(len(ids))
+        # ordered, so the batch-averaged approximation sees batches in the same order every run
+        for (_, ids, _, _), acc in zip(tasks, run_tasks(_shard_stats, tasks, workers)):
+            total.merge(acc)
+            bar.update(len(ids))
     exact, approx = {}, {}
     for cat in ("bg", "fg", "fg_bg", "mask", "depth"):
         if cat not in total.hist:

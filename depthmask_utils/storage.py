@@ -200,6 +200,14 @@ def write_manifest(path: str | Path, rows: list[dict], fields: list[str] | None 
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
+def rows_by_shard(rows: list[dict]) -> dict[str, list[dict]]:
+    """Manifest rows grouped by their ``shard`` column, in manifest order."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["shard"], []).append(r)
+    return groups
+
+
 def read_manifest(path: str | Path) -> list[dict]:
     """Rows of ``manifest.csv`` as dicts of strings (use pandas in notebooks for analysis)."""
     try:
