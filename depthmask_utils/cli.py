@@ -44,7 +44,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .overlay import verify
+    from .dataset import verify
 
     report = verify(args.dataset, workers=args.workers)
     for p in report.problems:

@@ -39,13 +39,13 @@ import numpy as np
 from PIL import Image
 
 from .backgrounds import center_crop_box
+from .dataset import DATASET_JSON, LABELS_MEMBER, MANIFEST_CSV, load_prepared, member, member_pattern
 from .errors import DatasetError, TeacherUnavailable
 from .parallel import run_tasks
 from .storage import (MANIFEST_FIELDS, atomic_write_json, decode_image, encode_png, open_shard, read_json,
                       read_manifest, remove_stale_temporaries, rows_by_shard, write_manifest, write_shard)
 
 MODES = ("per-composite", "bg-plus-foreground")
-LABELS_MEMBER = "depth/_labels.csv"  # per-shard record: id, depth_lo, depth_hi (+ teacher, mode)
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ def scene_inverse_depth(dataset: str | Path, bg: int, size: int) -> np.ndarray:
     Finds ``bg_depth/<stem>.png`` beside the background folder recorded in dataset.json, and
     applies the same centre crop and resize as chapter 02.
     """
-    info = read_json(Path(dataset) / "dataset.json")
+    info = read_json(Path(dataset) / DATASET_JSON)
     src = info["inputs"]["bg"][bg]["file"]
     depth_path = Path(info["inputs"]["bg_dir"]).parent / "bg_depth" / (Path(src).stem + ".png")
     if not depth_path.exists():
@@ -286,7 +286,7 @@ def _read_labels_member(zf) -> dict | None:
 
 
 def _bg_image(dataset: Path, bg: int) -> np.ndarray:
-    return np.asarray(Image.open(dataset / "bg" / f"{bg:03d}.png").convert("RGB"))
+    return load_prepared(dataset, "bg", bg)
 
 
 def label_shard(dataset: Path, shard: str, rows: list[dict], teacher, mode: str, size: int,
@@ -302,19 +302,19 @@ def label_shard(dataset: Path, shard: str, rows: list[dict], teacher, mode: str,
                 bg_inv = scene_inverse_depth(dataset, bg, size)
             else:
                 bg_inv = teacher.predict(_bg_image(dataset, bg)[None])[0]
-            raws = (paste_person_depth(bg_inv, decode_image(zf.read(f"mask/{r['id']}.png"), f"{shard}:mask/{r['id']}"))
+            raws = (paste_person_depth(bg_inv, decode_image(zf.read(member("mask", r["id"])), f"{shard}:{member('mask', r['id'])}"))
                     for r in rows)
         else:
             def batched():
                 for i in range(0, len(rows), batch_size):
                     chunk = rows[i:i + batch_size]
-                    imgs = np.stack([decode_image(zf.read(f"fg_bg/{r['id']}.jpg"), f"{shard}:fg_bg/{r['id']}.jpg")
+                    imgs = np.stack([decode_image(zf.read(member("fg_bg", r["id"])), f"{shard}:{member('fg_bg', r['id'])}")
                                      for r in chunk])
                     yield from teacher.predict(imgs)
             raws = batched()
         for r, raw in zip(rows, raws):
             png, lo, hi = normalise(raw)
-            labels.append((f"depth/{r['id']}.png", encode_png(png)))
+            labels.append((member("depth", r["id"]), encode_png(png)))
             records.append({"id": r["id"], "depth_lo": f"{lo:.6g}", "depth_hi": f"{hi:.6g}"})
     return labels, records
 
@@ -349,8 +349,8 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
         raise ValueError(f"mode must be one of {', '.join(MODES)}")
     if teacher not in TEACHERS:
         raise ValueError(f"unknown teacher {teacher!r}; choose one of {', '.join(TEACHERS)}")
-    info = read_json(dataset / "dataset.json")
-    rows = read_manifest(dataset / "manifest.csv")
+    info = read_json(dataset / DATASET_JSON)
+    rows = read_manifest(dataset / MANIFEST_CSV)
     size = info["params"]["size"]
     by_shard = rows_by_shard(rows)
 
@@ -404,14 +404,14 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
         raise DatasetError(f"{dataset}: {len(missing)} composites have no depth label, e.g. {missing[0]}")
     for r in rows:
         r["depth_lo"], r["depth_hi"] = ranges.pop(r["id"])
-    write_manifest(dataset / "manifest.csv", rows, MANIFEST_FIELDS + ["depth_lo", "depth_hi"])
-    info = read_json(dataset / "dataset.json")
+    write_manifest(dataset / MANIFEST_CSV, rows, MANIFEST_FIELDS + ["depth_lo", "depth_hi"])
+    info = read_json(dataset / DATASET_JSON)
     info["depth"] = {"teacher": teacher, "mode": mode, "weights": used_weights,
                      "input_size": None if teacher == "scene" else (model.input_size if model else input_size),
-                     "member": "depth/<id>.png",
+                     "member": member_pattern("depth"),
                      "encoding": "uint8 PNG of relative inverse depth, normalised per image (255 = nearest); "
                                  "raw = depth_lo + png/255 * (depth_hi - depth_lo), columns in manifest.csv"}
-    atomic_write_json(dataset / "dataset.json", info)
+    atomic_write_json(dataset / DATASET_JSON, info)
     return LabelResult(teacher, mode, used_weights, len(rows), len(todo),
                        (model.calls if model else 0), seconds)
 
@@ -435,16 +435,16 @@ def compare_modes(dataset: str | Path, teacher: HFTeacher, n: int = 8, seed: int
     import pandas as pd
 
     dataset = Path(dataset)
-    info = read_json(dataset / "dataset.json")
+    info = read_json(dataset / DATASET_JSON)
     size = info["params"]["size"]
-    rows = read_manifest(dataset / "manifest.csv")
+    rows = read_manifest(dataset / MANIFEST_CSV)
     pick = [rows[i] for i in sorted(np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)),
                                                                        replace=False))]
     imgs, masks = [], []
     for r in pick:
         with open_shard(dataset / r["shard"]) as zf:
-            imgs.append(decode_image(zf.read(f"fg_bg/{r['id']}.jpg")))
-            masks.append(decode_image(zf.read(f"mask/{r['id']}.png")))
+            imgs.append(decode_image(zf.read(member("fg_bg", r["id"]))))
+            masks.append(decode_image(zf.read(member("mask", r["id"]))))
     imgs, masks = np.stack(imgs), np.stack(masks)
 
     t0, c0 = time.perf_counter(), teacher.calls

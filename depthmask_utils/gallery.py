@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from .dataset import load_prepared, member
 from .storage import decode_image, open_shard, read_json, read_manifest
 
 CATEGORIES = ("bg", "fg", "fg_mask", "fg_bg", "mask", "depth")
@@ -33,13 +33,13 @@ def load_item(dataset: Path, category: str, row: dict, zf=None) -> np.ndarray:
     """One picture of ``category`` for manifest ``row`` (fg shown over a checkerboard)."""
     if category in ("bg", "fg", "fg_mask"):
         idx = int(row["bg"] if category == "bg" else row["fg"])
-        arr = np.asarray(Image.open(dataset / category / f"{idx:03d}.png"))
+        arr = load_prepared(dataset, category, idx)
         return show_rgba(arr) if category == "fg" else arr
-    ext = "jpg" if category == "fg_bg" else "png"
     own = zf is None
     zf = zf or open_shard(dataset / row["shard"])
     try:
-        return decode_image(zf.read(f"{category}/{row['id']}.{ext}"), f"{row['shard']}:{category}/{row['id']}")
+        name = member(category, row["id"])
+        return decode_image(zf.read(name), f"{row['shard']}:{name}")
     finally:
         if own:
             zf.close()

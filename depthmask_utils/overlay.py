@@ -18,6 +18,7 @@ from PIL import Image
 
 from . import __version__
 from .backgrounds import load_backgrounds
+from .dataset import DATASET_JSON, FORMAT, MANIFEST_CSV, PARAMS_JSON, member, member_pattern, prepared_path
 from .errors import DatasetError, InputError
 from .masks import alpha_to_mask, load_foregrounds
 from .parallel import run_tasks
@@ -183,8 +184,8 @@ def shard_members(bgr: np.ndarray, pyramids: list[ForegroundPyramid], rows: list
     for row in rows:
         placed = pyramids[row["fg"]].placed(int(row["flip"]), int(row["w"]), int(row["h"]))
         fg_bg, mask = composite(bgr, placed, int(row["x"]), int(row["y"]))
-        yield f"fg_bg/{row['id']}.jpg", encode_jpeg_bgr(fg_bg, jpeg_quality)
-        yield f"mask/{row['id']}.png", encode_png(mask)
+        yield member("fg_bg", row["id"]), encode_jpeg_bgr(fg_bg, jpeg_quality)
+        yield member("mask", row["id"]), encode_png(mask)
 
 
 def _write_one_shard(task: tuple[str, int, list[dict]]) -> int:
@@ -239,7 +240,7 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
 
     params = {"size": size, "placements": placements, "scale": list(scale), "seed": seed,
               "jpeg_quality": jpeg_quality, "bg_sources": bgs.sources, "fg_sources": fgs.sources}
-    lock = out / "params.json"
+    lock = out / PARAMS_JSON
     if lock.exists() and _params_digest(read_json(lock)) != _params_digest(params):
         raise DatasetError(f"{out}: holds a dataset made with other parameters or inputs (see {lock.name}); "
                            "choose a new folder or delete this one")
@@ -248,10 +249,10 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
 
     # The prepared inputs: what the model's data loader reads as bg, and what verify checks masks against.
     for i, arr in enumerate(bgs.images):
-        atomic_write_bytes(out / "bg" / f"{i:03d}.png", encode_png(arr))
+        atomic_write_bytes(prepared_path(out, "bg", i), encode_png(arr))
     for j, rgba in enumerate(fgs.images):
-        atomic_write_bytes(out / "fg" / f"{j:03d}.png", encode_png(rgba))
-        atomic_write_bytes(out / "fg_mask" / f"{j:03d}.png", encode_png(alpha_to_mask(rgba[..., 3])))
+        atomic_write_bytes(prepared_path(out, "fg", j), encode_png(rgba))
+        atomic_write_bytes(prepared_path(out, "fg_mask", j), encode_png(alpha_to_mask(rgba[..., 3])))
 
     rows = build_plan([(f.shape[1], f.shape[0]) for f in fgs.images], len(bgs.images), size, placements,
                       scale, seed)
@@ -272,11 +273,11 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
                 bar.update(n)
 
     result = GenerateResult(out, len(rows), len(bgs.images), len(tasks), len(bgs.images), len(fgs.images), skipped)
-    if not tasks and (out / "dataset.json").exists():
+    if not tasks and (out / DATASET_JSON).exists():
         return result  # already complete: leave later chapters' additions (depth columns) alone
-    write_manifest(out / "manifest.csv", rows)
+    write_manifest(out / MANIFEST_CSV, rows)
     info = {
-        "format": "depthmask-dataset/1",
+        "format": FORMAT,
         "version": __version__,
         "params": {k: v for k, v in params.items() if not k.endswith("_sources")},
         "counts": {"bg": len(bgs.images), "fg": len(fgs.images), "flips": 2, "placements": placements,
@@ -290,9 +291,9 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
                    for j, r in enumerate([r for r in fgs.reports if r.usable])],
         },
         "skipped": skipped,
-        "members": {"fg_bg": "fg_bg/<id>.jpg", "mask": "mask/<id>.png"},
+        "members": {c: member_pattern(c) for c in ("fg_bg", "mask")},
     }
-    old = out / "dataset.json"
+    old = out / DATASET_JSON
     if old.exists():
         # Keep what later chapters added, except depth: the shards just written have no labels yet,
         # so the dataset must not claim them (label-depth will label just those shards).
@@ -300,106 +301,3 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
         info.update({k: v for k, v in prev.items() if k not in info and k != "depth"})
     atomic_write_json(old, info)
     return result
-
-
-# --------------------------------------------------------------------------- verify
-
-_VERIFY: dict = {}
-
-
-def _init_verify(fg_dir: str, n_fg: int, size: int, scale: tuple[float, float]) -> None:
-    """Per-process state for verify: every prepared foreground's pyramid, built once."""
-    fgs = [np.asarray(Image.open(Path(fg_dir) / f"{j:03d}.png").convert("RGBA")) for j in range(n_fg)]
-    _VERIFY.update(pyramids=pyramids_for(fgs, size, scale), size=size)
-
-
-def _verify_shard(task: tuple) -> list[str]:
-    """Problems found in one shard (empty list if none)."""
-    from .storage import decode_image, open_shard
-
-    shard_path, rows, depth = task
-    size, pyramids = _VERIFY["size"], _VERIFY["pyramids"]
-    problems: list[str] = []
-    try:
-        zf = open_shard(shard_path)
-    except DatasetError as exc:
-        return [str(exc)]
-    with zf:
-        names = set(zf.namelist())
-        for row in rows:
-            cid = row["id"]
-            members = [f"fg_bg/{cid}.jpg", f"mask/{cid}.png"] + ([f"depth/{cid}.png"] if depth else [])
-            decoded = {}
-            for m in members:
-                if m not in names:
-                    problems.append(f"{shard_path}: member {m} missing")
-                    continue
-                try:
-                    decoded[m] = decode_image(zf.read(m), f"{shard_path}:{m}")
-                except Exception as exc:
-                    problems.append(str(exc) if isinstance(exc, DatasetError) else f"{shard_path}:{m}: {exc}")
-                    continue
-                want = (size, size, 3) if m.startswith("fg_bg/") else (size, size)
-                if decoded[m].shape != want:
-                    problems.append(f"{shard_path}:{m}: shape {decoded[m].shape}, expected {want}")
-                    decoded.pop(m)
-            mask = decoded.get(f"mask/{cid}.png")
-            if mask is None:
-                continue
-            x, y, w, h = (int(row[k]) for k in ("x", "y", "w", "h"))
-            expected = np.zeros((size, size), np.uint8)
-            expected[y:y + h, x:x + w] = pyramids[int(row["fg"])].placed(int(row["flip"]), w, h)[..., 3]
-            if not np.array_equal(mask, expected):
-                bad = int((mask != expected).sum())
-                problems.append(f"{shard_path}:mask/{cid}.png: {bad} pixels differ from the fg alpha at its box")
-        expected_names = {f"{d}/{r['id']}.{e}" for r in rows
-                          for d, e in (("fg_bg", "jpg"), ("mask", "png")) + ((("depth", "png"),) if depth else ())}
-        # Depth members of a shard labelled ahead of the rest (a resumable labelling run) are fine.
-        extra = sorted(n for n in names - expected_names if not n.startswith("depth/_" if depth else "depth/"))
-        if extra:
-            problems.append(f"{shard_path}: {len(extra)} members not in the manifest, e.g. {extra[0]}")
-    return problems
-
-
-@dataclass
-class VerifyReport:
-    composites: int
-    shards: int
-    depth_checked: bool
-    problems: list
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def __repr__(self) -> str:
-        state = "OK" if self.ok else f"{len(self.problems)} problems"
-        return (f"VerifyReport({self.composites} composites in {self.shards} shards, "
-                f"depth {'checked' if self.depth_checked else 'not labelled yet'}: {state})")
-
-
-def verify(dataset: str | Path, workers: int | None = None) -> VerifyReport:
-    """Check a dataset: every member readable and the right size, counts match the manifest and
-    dataset.json, each mask equals its fg alpha at its box, depth present once labelled."""
-    from .storage import read_manifest, rows_by_shard
-
-    dataset = Path(dataset)
-    if not (dataset / "dataset.json").exists():
-        raise DatasetError(f"{dataset}: no dataset.json - not a dataset, or generation did not finish "
-                           "(re-run generate to resume)")
-    info = read_json(dataset / "dataset.json")
-    rows = read_manifest(dataset / "manifest.csv")
-    problems = []
-    counts = info.get("counts", {})
-    if counts.get("composites") != len(rows):
-        problems.append(f"{dataset / 'manifest.csv'}: {len(rows)} rows, dataset.json says {counts.get('composites')}")
-    depth = "depth" in info
-    size, scale = info["params"]["size"], tuple(info["params"]["scale"])
-    by_shard = rows_by_shard(rows)
-    if counts.get("shards") is not None and counts["shards"] != len(by_shard):
-        problems.append(f"{dataset}: manifest names {len(by_shard)} shards, dataset.json says {counts['shards']}")
-    tasks = [(str(dataset / s), rs, depth) for s, rs in sorted(by_shard.items())]
-    n_fg = counts.get("fg", len(info.get("inputs", {}).get("fg", [])))
-    for found in run_tasks(_verify_shard, tasks, workers, _init_verify, (str(dataset / "fg"), n_fg, size, scale)):
-        problems.extend(found)
-    return VerifyReport(len(rows), len(by_shard), depth, problems)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .dataset import member
 from .errors import DatasetError
 from .parallel import run_tasks
 from .storage import atomic_write_json, decode_png_gray, open_shard, read_json, read_manifest, rows_by_shard
@@ -98,10 +99,10 @@ def _shard_stats(task: tuple[str, list[str], bool, int]) -> Accumulator:
     acc = Accumulator(batch)
     with open_shard(shard) as zf:
         for cid in ids:
-            acc.add("fg_bg", image_hist(zf.read(f"fg_bg/{cid}.jpg"), f"{shard}:fg_bg/{cid}.jpg"))
-            acc.add("mask", image_hist(zf.read(f"mask/{cid}.png"), f"{shard}:mask/{cid}.png"))
+            for cat in ("fg_bg", "mask"):
+                acc.add(cat, image_hist(zf.read(member(cat, cid)), f"{shard}:{member(cat, cid)}"))
             if with_depth:
-                acc.add("depth", image_hist(zf.read(f"depth/{cid}.png"), f"{shard}:depth/{cid}.png"))
+                acc.add("depth", image_hist(zf.read(member("depth", cid)), f"{shard}:{member('depth', cid)}"))
     acc.flush()
     return acc
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from depthmask_utils import depth as D
 from depthmask_utils.errors import DatasetError, TeacherUnavailable
-from depthmask_utils.overlay import verify
+from depthmask_utils.dataset import verify
 from depthmask_utils.storage import read_json, read_manifest, write_shard
 
 

@@ -15,7 +15,8 @@ from PIL import Image
 from depthmask_utils import storage
 from depthmask_utils.errors import DatasetError, InputError
 from depthmask_utils.overlay import (ForegroundPyramid, blend_premultiplied, composite, generate, plan_placements,
-                                     placement_rng, premultiply, verify)
+                                     placement_rng, premultiply)
+from depthmask_utils.dataset import verify
 from depthmask_utils.sample import render_person
 from depthmask_utils.storage import decode_image, read_json, read_manifest
 
