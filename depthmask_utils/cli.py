@@ -81,6 +81,56 @@ def cmd_gallery(args) -> int:
     return 0
 
 
+def _train_config(args):
+    from .train import TrainConfig
+
+    p = _profile(args)
+    cfg = TrainConfig(**p.train)
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "workers": args.workers,
+                 "device": args.device, "seed": args.seed, "model": args.model,
+                 "checkpoint_every": args.checkpoint_every}
+    cfg = TrainConfig.from_dict({**cfg.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+    if args.size:  # the final size; progressive resizing keeps its smaller steps below it
+        cfg.sizes = tuple(s for s in cfg.sizes if s < args.size) + (args.size,)
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    r = train(args.dataset, args.out, _train_config(args), progress=not args.no_progress)
+    print(repr(r))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    from .evaluate import evaluate
+
+    m = evaluate(args.run, args.dataset, device=args.device, workers=args.workers or 0)
+    print(json.dumps({"test": m["test"], "groups": m["groups"]}, indent=1))
+    print(f"wrote {Path(args.run) / 'metrics.json'}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .evaluate import predict
+
+    written = predict(args.run, args.bg, args.fg_bg, args.out, device=args.device)
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .evaluate import export_onnx
+
+    r = export_onnx(args.run, args.out)
+    print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB, input {r['size']}x{r['size']}); onnxruntime vs PyTorch "
+          f"max |diff|: mask {r['max_abs_diff']['mask']:.2e}, depth {r['max_abs_diff']['depth']:.2e}")
+    return 0
+
+
 def cmd_run(args) -> int:
     """Execute every chapter with papermill under a profile (writes executed copies to --out)."""
     import papermill as pm
@@ -148,6 +198,38 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n", type=int, default=16)
     sp.add_argument("--strips", type=int, default=4)
     sp.add_argument("--seed", type=int, default=0)
+
+    from .models import MODELS
+
+    sp = add("train", cmd_train, "train the (fg_bg, bg) -> (mask, depth) model; re-running resumes")
+    sp.add_argument("dataset")
+    sp.add_argument("--out", required=True, help="run folder (checkpoints, history, model.pt)")
+    sp.add_argument("--epochs", type=int)
+    sp.add_argument("--size", type=int, help="final training side (progressive resizing below it)")
+    sp.add_argument("--batch-size", type=int)
+    sp.add_argument("--workers", type=int)
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--model", choices=list(MODELS))
+    sp.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (and one at each epoch end)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar (logs one line per epoch)")
+
+    sp = add("evaluate", cmd_evaluate, "test metrics of a run -> RUN/metrics.json")
+    sp.add_argument("run")
+    sp.add_argument("dataset")
+    sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    sp.add_argument("--workers", type=int)
+
+    sp = add("predict", cmd_predict, "mask and depth for new images (files or folders paired by name)")
+    sp.add_argument("run")
+    sp.add_argument("--bg", required=True, help="background image, or folder of them")
+    sp.add_argument("--fg-bg", required=True, help="composite image, or folder of them")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    sp = add("export", cmd_export, "export a run's model to ONNX, checked with onnxruntime")
+    sp.add_argument("run")
+    sp.add_argument("--out", required=True)
 
     sp = add("run", cmd_run, "execute every chapter notebook with papermill")
     sp.add_argument("--out", default="executed")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 COURSE_REPO = "https://github.com/depthmask/depthmask-course"  # where the Colab cell clones from
 
@@ -30,6 +30,7 @@ class Profile:
     teacher: str  # default depth teacher for this profile
     teacher_input: int  # side the teacher sees (multiple of 14 for ViT teachers)
     batch_size: int
+    train: dict = field(default_factory=dict)  # TrainConfig values for chapter 10 and `train`
 
     @property
     def expected_composites(self) -> int:
@@ -41,9 +42,13 @@ class Profile:
 
 PROFILES = {
     "sample": Profile("sample", n_bg=6, n_fg=8, world_size=168, size=128, placements=4, scale=(0.35, 0.65),
-                      jpeg_quality=90, seed=0, teacher="scene", teacher_input=126, batch_size=8),
+                      jpeg_quality=90, seed=0, teacher="scene", teacher_input=126, batch_size=8,
+                      train={"model": "small-unet", "epochs": 4, "sizes": (64,), "batch_size": 32, "lr": 3e-3,
+                             "model_options": {"base": 16}, "workers": 1}),
     "full": Profile("full", n_bg=100, n_fg=100, world_size=240, size=224, placements=20, scale=(0.35, 0.65),
-                    jpeg_quality=90, seed=0, teacher="depth-anything-v2-small", teacher_input=518, batch_size=128),
+                    jpeg_quality=90, seed=0, teacher="depth-anything-v2-small", teacher_input=518, batch_size=128,
+                    train={"model": "resnet18", "epochs": 6, "sizes": (112, 160, 224), "batch_size": 64, "lr": 2e-3,
+                           "workers": 2, "checkpoint_every": 500}),
 }
 
 

@@ -122,6 +122,13 @@ def encode_png(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+try:  # Intel's ISA-L inflates ~1.6x faster than zlib; same format, so zlib is the fallback
+    from isal.isal_zlib import decompress as _inflate
+    from isal.isal_zlib import error as _isal_error
+except ImportError:  # pragma: no cover - isal is in requirements.txt
+    _inflate, _isal_error = zlib.decompress, zlib.error
+
+
 def decode_png_gray(data: bytes) -> np.ndarray | None:
     """Fast path for the greyscale PNGs :func:`encode_png` writes: uint8 (H, W), or None.
 
@@ -143,8 +150,8 @@ def decode_png_gray(data: bytes) -> np.ndarray | None:
             break
         pos += 12 + length
     try:
-        raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
-    except zlib.error:
+        raw = np.frombuffer(_inflate(b"".join(idat)), np.uint8)
+    except (zlib.error, _isal_error):
         return None
     if raw.size != h * (w + 1):
         return None
@@ -189,6 +196,55 @@ def open_shard(path: str | Path) -> zipfile.ZipFile:
         raise DatasetError(f"{path}: shard missing") from None
     except (zipfile.BadZipFile, OSError) as exc:
         raise DatasetError(f"{path}: not a readable zip ({exc})") from None
+
+
+class ShardReader:
+    """Random access to the stored members of a shard with one ``os.pread`` per member.
+
+    The offsets come from the zip's central directory, read once. ``pread`` takes an explicit
+    offset, so a handle shared by forked DataLoader workers is still safe, and there is none of
+    ``ZipFile.read``'s per-call header parsing: ~10 us per member instead of ~25. Deflated members
+    (not written by this package) fall back to :mod:`zipfile`.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with open_shard(self.path) as zf:
+            self._index = {i.filename: (i.header_offset, i.compress_size, len(i.filename.encode()),
+                                        i.compress_type == zipfile.ZIP_STORED) for i in zf.infolist()}
+        self._fd = os.open(self.path, os.O_RDONLY)
+        self._zf = None
+
+    def namelist(self) -> list[str]:
+        return list(self._index)
+
+    def read(self, name: str) -> bytes:
+        """The bytes of member ``name``; KeyError if the shard has no such member."""
+        offset, size, n_name, stored = self._index[name]
+        if not stored:
+            self._zf = self._zf or zipfile.ZipFile(self.path)
+            return self._zf.read(name)
+        buf = os.pread(self._fd, 30 + n_name + size, offset)
+        if buf[:4] != b"PK\x03\x04":
+            raise DatasetError(f"{self.path}: member {name}: bad local header (corrupt shard?)")
+        n_extra = struct.unpack("<H", buf[28:30])[0]
+        if n_extra:
+            return os.pread(self._fd, size, offset + 30 + n_name + n_extra)
+        data = buf[30 + n_name:]
+        if len(data) != size:
+            raise DatasetError(f"{self.path}: member {name} is truncated")
+        return data
+
+    def close(self) -> None:
+        os.close(self._fd)
+        if self._zf is not None:
+            self._zf.close()
+
+    def __enter__(self) -> "ShardReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def write_manifest(path: str | Path, rows: list[dict], fields: list[str] | None = None) -> None:

@@ -35,3 +35,20 @@ def dataset(built, tmp_path):
     dst = tmp_path / "ds"
     shutil.copytree(built, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def labelled(tmp_path_factory):
+    """A depth-labelled dataset with statistics, big enough to split: 8 rooms x 6 people x 2 x 2 at 64 px."""
+    from depthmask_utils.depth import label_depth
+    from depthmask_utils.overlay import generate
+    from depthmask_utils.sample import make_sample_world
+    from depthmask_utils.stats import dataset_stats
+
+    world = tmp_path_factory.mktemp("world8")
+    make_sample_world(world, n_bg=8, n_fg=6, size=64, seed=3)
+    out = tmp_path_factory.mktemp("labelled") / "ds"
+    generate(world / "bg", world / "fg", out, size=64, placements=2, workers=1, progress=False)
+    label_depth(out, "scene", progress=False)
+    dataset_stats(out, workers=1, progress=False)
+    return out

@@ -1,0 +1,369 @@
+"""Chapter 07: data loading - a PyTorch Dataset over the shards, joint augmentation, loaders.
+
+``CompositeDataset(root, split)[i]`` is a dict of **uint8** tensors::
+
+    fg_bg  (3, S, S)  the composite, RGB 0-255
+    bg     (3, S, S)  its background, RGB 0-255
+    mask   (1, S, S)  soft foreground alpha, 0-255
+    depth  (1, S, S)  relative inverse depth, 0-255 (255 = nearest)
+
+uint8 keeps worker-to-trainer traffic 4x smaller than float32; the model divides by 255 and
+normalises with ``stats.json`` on its own device (see :mod:`depthmask_utils.models`). Tensors are
+channels-last views of the decoded arrays (no copy), the layout GPUs convolve fastest.
+
+Shards are read in place: each DataLoader worker opens each zip once, lazily, and keeps the handle
+(handles are keyed by process id, so a forked worker never shares its parent's file offset).
+A list of indices returns a whole batch - with :func:`make_loader` each worker decodes a batch per
+call, which avoids per-sample collation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .dataset import Composite, Split, dataset_split, load_prepared, member, read_composites, read_info
+from .errors import DatasetError
+from .storage import ShardReader, decode_png_gray
+
+CATEGORIES = ("fg_bg", "bg", "mask", "depth")
+
+
+def _cv2():
+    import cv2
+
+    cv2.setNumThreads(1)  # DataLoader workers are the parallelism; OpenCV threads would oversubscribe
+    return cv2
+
+
+def decode_rgb(data: bytes, size: int, name: str, out: np.ndarray | None = None, stored: int | None = None) -> np.ndarray:
+    """JPEG/PNG bytes -> uint8 (size, size, 3) RGB, written into ``out`` if given.
+
+    When the ``stored`` side is 2, 4 or 8 times ``size``, libjpeg decodes straight at the smaller
+    size (DCT scaling): several times faster than decoding in full and resizing.
+    """
+    cv2 = _cv2()
+    factor = stored // size if stored and stored % size == 0 else 1
+    flag = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}.get(
+        factor, cv2.IMREAD_COLOR)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if img is None:
+        raise DatasetError(f"{name}: cannot decode as an image")
+    if img.shape[:2] != (size, size):
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out)
+
+
+def decode_gray(data: bytes, size: int, name: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Greyscale PNG bytes -> uint8 (size, size), written into ``out`` if given; the fast path
+    for the dataset's own unfiltered PNGs."""
+    cv2 = _cv2()
+    img = decode_png_gray(data)
+    if img is None:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            raise DatasetError(f"{name}: cannot decode as an image")
+    if img.shape != (size, size):
+        return cv2.resize(img, (size, size), dst=out, interpolation=cv2.INTER_AREA)
+    if out is None:
+        return np.ascontiguousarray(img)
+    out[...] = img
+    return out
+
+
+def to_chw(batch_hwc: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W) or (B, H, W, C) -> (B, C, H, W) channels-last view (no copy)."""
+    if batch_hwc.ndim == 3:
+        batch_hwc = batch_hwc[..., None]
+    return torch.from_numpy(np.ascontiguousarray(batch_hwc)).permute(0, 3, 1, 2)
+
+
+def split_composites(root: str | Path, split: str | Sequence[Composite], split_spec: Split | None,
+                     seed: int) -> tuple[list[Composite], Split | None]:
+    """The composites of a split part (train/val/test/group name), or a given list as it is."""
+    if not isinstance(split, str):
+        return list(split), split_spec
+    spec = split_spec or dataset_split(root, seed)
+    return spec.select(read_composites(root), split), spec
+
+
+class CompositeDataset(Dataset):
+    """The dataset of chapter 03/04 as PyTorch sees it.
+
+    Args:
+        root: the dataset folder (must be depth-labelled).
+        split: ``"train"``, ``"val"``, ``"test"``, a test group (``"unseen_bg"``, ``"unseen_fg"``,
+            ``"unseen_both"``) or an explicit list of :class:`Composite`.
+        size: square side S of the returned tensors (default: the stored size).
+        augment: apply :func:`augment_batch` (same geometry for all four images) to each batch.
+        seed: the split's seed (and the augmentation's).
+        split_spec: a :class:`Split` to use instead of ``make_split(seed)``.
+    """
+
+    def __init__(self, root: str | Path, split: str | Sequence[Composite] = "train", size: int | None = None,
+                 augment: bool = False, seed: int = 0, split_spec: Split | None = None):
+        self.root = Path(root)
+        self.info = read_info(self.root, need_depth=True)
+        self.stored_size = int(self.info["params"]["size"])
+        self.size = int(size or self.stored_size)
+        self.items, self.split = split_composites(self.root, split, split_spec, seed)
+        if not self.items:
+            raise DatasetError(f"{self.root}: split {split!r} is empty")
+        self.augment, self.seed, self.epoch = augment, seed, 0
+        self._pid, self._zips, self._bgs = None, {}, {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:
+        return f"CompositeDataset({len(self)} composites, {self.size}px, augment={self.augment})"
+
+    # -- per-process state
+    def _zip(self, shard: str):
+        if self._pid != os.getpid():  # first use in this process (a forked DataLoader worker)
+            self._pid, self._zips = os.getpid(), {}
+        zf = self._zips.get(shard)
+        if zf is None:
+            zf = self._zips[shard] = ShardReader(self.root / shard)
+        return zf
+
+    def background(self, bg: int) -> np.ndarray:
+        """Prepared background ``bg`` at this dataset's size, uint8 (S, S, 3), cached per process."""
+        img = self._bgs.get(bg)
+        if img is None:
+            img = load_prepared(self.root, "bg", bg)
+            if img.shape[0] != self.size:
+                img = _cv2().resize(img, (self.size, self.size), interpolation=_cv2().INTER_AREA)
+            self._bgs[bg] = img
+        return img
+
+    def read(self, c: Composite, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """One composite's four images as uint8 HWC arrays, written into ``out`` if given."""
+        S = self.size
+        out = out if out is not None else {"fg_bg": np.empty((S, S, 3), np.uint8), "bg": np.empty((S, S, 3), np.uint8),
+                                           "mask": np.empty((S, S), np.uint8), "depth": np.empty((S, S), np.uint8)}
+        out["bg"][...] = self.background(c.bg)
+        zf = self._zip(c.shard)
+        for cat in ("fg_bg", "mask", "depth"):
+            name = member(cat, c.id)
+            try:
+                data = zf.read(name)
+            except KeyError:
+                raise DatasetError(f"{self.root / c.shard}: member {name} missing") from None
+            if cat == "fg_bg":
+                decode_rgb(data, S, f"{self.root / c.shard}:{name}", out[cat], self.stored_size)
+            else:
+                decode_gray(data, S, f"{self.root / c.shard}:{name}", out[cat])
+        return out
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """A collated batch: each category as (B, C, S, S) uint8, decoded straight into place."""
+        n, S = len(indices), self.size
+        arrays = {"fg_bg": np.empty((n, S, S, 3), np.uint8), "bg": np.empty((n, S, S, 3), np.uint8),
+                  "mask": np.empty((n, S, S), np.uint8), "depth": np.empty((n, S, S), np.uint8)}
+        for j, i in enumerate(indices):
+            self.read(self.items[i], {k: v[j] for k, v in arrays.items()})
+        out = {cat: to_chw(arrays[cat]) for cat in CATEGORIES}
+        if self.augment:
+            gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, int(indices[0]), n)) & 0xFFFFFFFF)
+            out = augment_batch(out, gen)
+        return out
+
+    def __getitem__(self, index):
+        """``ds[i]``: one sample; ``ds[[i, j, ...]]``: a batch; ``ds[(epoch, [i, j, ...])]``: a batch of
+        that epoch (what :class:`EpochBatchSampler` yields, so persistent workers see the epoch)."""
+        if isinstance(index, tuple) and len(index) == 2 and isinstance(index[1], list):
+            self.epoch = index[0]
+            return self.batch(index[1])
+        if isinstance(index, (list, tuple)):
+            return self.batch(index)
+        return {k: v[0] for k, v in self.batch([index]).items()}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation draws (and, in subclasses, the placements) for a new epoch."""
+        self.epoch = epoch
+
+    def __getstate__(self):  # open zip handles do not travel to spawned workers
+        state = self.__dict__.copy()
+        state.update(_pid=None, _zips={})
+        return state
+
+
+# --------------------------------------------------------------------------- on-the-fly composites
+
+class OnTheFlyDataset(CompositeDataset):
+    """Composites rebuilt inside the loader from ``bg/`` and ``fg/``, with fresh placements per epoch.
+
+    Same items (bg, fg, flip) and output as :class:`CompositeDataset`, but each epoch draws new
+    boxes from ``default_rng([seed, epoch, bg, fg, flip, k])``, so the model never sees the same
+    composite twice and the disk holds only the inputs. Depth is exact: the scene depth of the
+    background with the person standing at the foot point (chapter 04's rule), so this needs a
+    dataset labelled by the ``scene`` teacher.
+    """
+
+    def __init__(self, root: str | Path, split: str | Sequence[Composite] = "train", size: int | None = None,
+                 augment: bool = False, seed: int = 0, split_spec: Split | None = None):
+        super().__init__(root, split, size, augment, seed, split_spec)
+        if self.info["depth"].get("teacher") != "scene":
+            raise DatasetError(f"{self.root}: on-the-fly composites need exact background depth (teacher 'scene'); "
+                               f"this dataset was labelled by {self.info['depth'].get('teacher')!r}")
+        self.scale = tuple(self.info["params"]["scale"])
+        self._pyramids, self._inv = None, {}
+
+    def read(self, c: Composite, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        from .depth import normalise, paste_person_depth, scene_inverse_depth
+        from .overlay import composite, fit_box, pyramids_for
+
+        if self._pyramids is None:
+            n_fg = int(self.info["counts"]["fg"])
+            self._pyramids = pyramids_for([load_prepared(self.root, "fg", j) for j in range(n_fg)], self.size, self.scale)
+        rng = np.random.default_rng([self.seed, self.epoch, c.bg, c.fg, c.flip, c.k])
+        pyr = self._pyramids[c.fg]
+        w, h = fit_box(round(pyr.aspect * 1000), 1000, self.size, rng.uniform(*self.scale))
+        x, y = int(rng.integers(0, self.size - w + 1)), int(rng.integers(0, self.size - h + 1))
+        bg = self.background(c.bg)
+        fg_bg, mask = composite(bg, pyr.placed(c.flip, w, h), x, y)
+        if c.bg not in self._inv:
+            self._inv[c.bg] = scene_inverse_depth(self.root, c.bg, self.size)
+        depth, _, _ = normalise(paste_person_depth(self._inv[c.bg], mask))
+        found = {"fg_bg": fg_bg, "bg": bg, "mask": mask, "depth": depth}
+        if out is None:
+            return found
+        for k, v in found.items():
+            out[k][...] = v
+        return out
+
+
+# --------------------------------------------------------------------------- joint augmentation
+
+def affine_params(n: int, generator: torch.Generator | None = None, flip_p: float = 0.5, shift: float = 0.08,
+                  scale: tuple[float, float] = (0.9, 1.15), rotate_deg: float = 8.0) -> torch.Tensor:
+    """(n, 2, 3) matrices for ``F.affine_grid``: random h-flip, shift-scale-rotate per sample.
+
+    Shifts are fractions of the image side; a scale > 1 zooms in.
+    """
+    u = torch.rand(n, 5, generator=generator)
+    flip = torch.where(u[:, 0] < flip_p, -1.0, 1.0)
+    angle = (u[:, 1] * 2 - 1) * rotate_deg * torch.pi / 180
+    s = scale[0] + u[:, 2] * (scale[1] - scale[0])
+    tx, ty = (u[:, 3] * 2 - 1) * shift * 2, (u[:, 4] * 2 - 1) * shift * 2  # grid units span 2 per side
+    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+    return torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+
+
+def warp(batch: dict[str, torch.Tensor], theta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Apply the same (B, 2, 3) affine ``theta`` to every tensor of ``batch`` (bilinear, border)."""
+    first = next(iter(batch.values()))
+    grid = F.affine_grid(theta.to(first.device, torch.float32), list(first.shape[:1]) + [1] + list(first.shape[2:]),
+                         align_corners=False)
+    out = {}
+    for k, v in batch.items():
+        w = F.grid_sample(v.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out[k] = w.round().clamp(0, 255).to(v.dtype) if v.dtype == torch.uint8 else w
+    return out
+
+
+def color_jitter(fg_bg: torch.Tensor, bg: torch.Tensor, generator: torch.Generator | None = None,
+                 strength: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random brightness, contrast and saturation change on a composite and its background.
+
+    Same for both because the pair was taken by one camera: jittering them apart would make every
+    background pixel look changed, which is what the model uses to find the person.
+    """
+    n = fg_bg.shape[0]
+    u = (torch.rand(n, 3, 1, 1, 1, generator=generator) * 2 - 1) * strength + 1
+    u = u.to(fg_bg.device)
+    out = []
+    for img in (fg_bg, bg):
+        x = img.float()
+        x = x * u[:, 0]
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * u[:, 1] + mean
+        grey = x.mean(dim=1, keepdim=True)
+        x = (x - grey) * u[:, 2] + grey
+        out.append(x.round().clamp(0, 255).to(img.dtype) if img.dtype == torch.uint8 else x.clamp(0, 255))
+    return out[0], out[1]
+
+
+def augment_batch(batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+                  jitter: float = 0.2, **affine) -> dict[str, torch.Tensor]:
+    """Joint augmentation of a batch, on whatever device it lives.
+
+    Geometry (flip, shift, scale, rotation) is identical for fg_bg, bg, mask and depth, so the four
+    stay aligned; colour jitter touches only the RGB inputs. Values stay in 0-255, dtype is kept.
+    """
+    out = warp(batch, affine_params(batch["fg_bg"].shape[0], generator, **affine))
+    if jitter > 0:
+        out["fg_bg"], out["bg"] = color_jitter(out["fg_bg"], out["bg"], generator, jitter)
+    return out
+
+
+# --------------------------------------------------------------------------- loaders
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+class EpochBatchSampler(Sampler):
+    """Batches of indices, shuffled from ``(seed, epoch)`` alone, yielded as ``(epoch, indices)``.
+
+    The order of epoch ``e`` is the same in every run, so a resumed run that skips the first
+    ``start_batch`` batches sees exactly the batches the interrupted run would have seen. With
+    ``world > 1`` each rank takes every ``world``-th index (padded so every rank gets the same count).
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
+                 rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
+        self.rank, self.world = rank, world
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        if self.world > 1:
+            per_rank = -(-self.n // self.world)
+            order = torch.cat([order, order[:per_rank * self.world - self.n]])[self.rank::self.world]
+        return order.tolist()
+
+    def __len__(self) -> int:
+        per_rank = -(-self.n // self.world)
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def __iter__(self):
+        idx = self._indices()
+        for b in range(self.start_batch, len(self)):
+            yield self.epoch, idx[b * self.batch_size:(b + 1) * self.batch_size]
+
+
+def make_loader(ds: CompositeDataset, batch_size: int, shuffle: bool = False, workers: int = 2, seed: int = 0,
+                drop_last: bool = False, pin_memory: bool = False, rank: int = 0, world: int = 1,
+                persistent: bool = False) -> DataLoader:
+    """A DataLoader whose workers each decode a whole batch per call.
+
+    Its ``loader.sampler`` is an :class:`EpochBatchSampler`: call ``loader.sampler.set_epoch(e,
+    start_batch)`` before each epoch (and the same order comes back for the same seed and epoch).
+    """
+    sampler = EpochBatchSampler(len(ds), batch_size, shuffle, seed, drop_last, rank, world)
+    ctx = "fork" if workers and "fork" in torch.multiprocessing.get_all_start_methods() else None
+    return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=workers,
+                      worker_init_fn=_worker_init if workers else None, multiprocessing_context=ctx,
+                      pin_memory=pin_memory, prefetch_factor=4 if workers else None,
+                      persistent_workers=bool(workers) and persistent)
+
+
+def to_inputs(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Move a uint8 batch to ``device`` and scale to float 0-1 there (one cheap kernel per tensor)."""
+    non_blocking = torch.device(device).type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking).float().div_(255) for k, v in batch.items()}

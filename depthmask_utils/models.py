@@ -1,0 +1,198 @@
+"""Chapter 08: the model - (fg_bg, bg) in, (mask logits, depth) out.
+
+Both models take two float tensors in 0-1, ``fg_bg`` and ``bg`` of shape (N, 3, H, W) (H and W
+multiples of 32 for the ResNet encoder, of 2**levels for the small U-Net), normalise them with the
+dataset's ``stats.json`` (kept as buffers, so a checkpoint carries its own normalisation), and
+return a dict:
+
+* ``mask``: (N, 1, H, W) logits - ``sigmoid`` gives the foreground probability;
+* ``depth``: (N, 1, H, W) relative inverse depth in 0-1 (a sigmoid output, 1 = nearest).
+
+``SmallUNet`` trains from scratch in minutes on a CPU; ``ResNetUNet`` uses a torchvision ResNet-18/34
+encoder (ImageNet weights optional) with a 6-channel first convolution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class Normalise(nn.Module):
+    """(x - mean) / std per channel for fg_bg and bg, from ``stats.json`` (ImageNet's if none)."""
+
+    def __init__(self, stats: dict | None = None):
+        super().__init__()
+        for cat in ("fg_bg", "bg"):
+            mean = stats[cat]["mean"] if stats else IMAGENET_MEAN
+            std = stats[cat]["std"] if stats else IMAGENET_STD
+            self.register_buffer(f"{cat}_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer(f"{cat}_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (fg_bg - self.fg_bg_mean) / self.fg_bg_std, (bg - self.bg_mean) / self.bg_std
+
+
+def conv_block(cin: int, cout: int) -> nn.Sequential:
+    """Two 3x3 convolutions with batch norm and ReLU: the U-Net's unit."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class Up(nn.Module):
+    """Upsample x2, concatenate the skip connection, conv block."""
+
+    def __init__(self, cin: int, cskip: int, cout: int):
+        super().__init__()
+        self.block = conv_block(cin + cskip, cout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.block(torch.cat([x, skip], 1))
+
+
+class Heads(nn.Module):
+    """Two small heads on shared decoder features: mask logits and sigmoid depth."""
+
+    def __init__(self, cin: int):
+        super().__init__()
+        self.mask = nn.Sequential(nn.Conv2d(cin, cin, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(cin, 1, 1))
+        self.depth = nn.Sequential(nn.Conv2d(cin, cin, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(cin, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"mask": self.mask(x), "depth": torch.sigmoid(self.depth(x))}
+
+
+class SmallUNet(nn.Module):
+    """A from-scratch U-Net on fg_bg, bg and their absolute difference (9 channels after the stem).
+
+    The difference image is computed inside the model - the inputs stay (fg_bg, bg) - because it
+    is what makes the mask easy: wherever the composite differs from its background, there is the
+    person. ``levels`` poolings of 2: H and W must be multiples of ``2**levels``.
+    """
+
+    def __init__(self, base: int = 24, levels: int = 4, stats: dict | None = None, difference: bool = True,
+                 coords: bool = True):
+        super().__init__()
+        self.norm, self.difference, self.coords = Normalise(stats), difference, coords
+        chans = [base * 2 ** i for i in range(levels + 1)]
+        self.down = nn.ModuleList([conv_block((9 if difference else 6) + (2 if coords else 0), chans[0])] +
+                                  [conv_block(chans[i], chans[i + 1]) for i in range(levels)])
+        self.up = nn.ModuleList([Up(chans[i + 1], chans[i], chans[i]) for i in reversed(range(levels))])
+        self.heads = Heads(chans[0])
+
+    def forward(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> dict[str, torch.Tensor]:
+        a, b = self.norm(fg_bg, bg)
+        parts = [a, b] + ([(fg_bg - bg).abs() * 4] if self.difference else [])
+        if self.coords:  # where a pixel is in the frame: the floor is near at the bottom, far higher up
+            n, _, h, w = a.shape
+            ys = torch.linspace(-1, 1, h, device=a.device, dtype=a.dtype).view(1, 1, h, 1).expand(n, 1, h, w)
+            xs = torch.linspace(-1, 1, w, device=a.device, dtype=a.dtype).view(1, 1, 1, w).expand(n, 1, h, w)
+            parts += [ys, xs]
+        x = torch.cat(parts, 1)
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for up, skip in zip(self.up, reversed(skips[:-1])):
+            x = up(x, skip)
+        return self.heads(x)
+
+
+def six_channel_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """A copy of an RGB first convolution that takes fg_bg ‖ bg (6 channels).
+
+    Both halves start from the RGB filters, each scaled by 1/2: on an image pair that agrees
+    (fg_bg == bg, the background everywhere but the person) the output equals the pretrained
+    one, so ImageNet features survive the change of input.
+    """
+    new = nn.Conv2d(6, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(torch.cat([conv.weight, conv.weight], 1) / 2)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new
+
+
+class ResNetUNet(nn.Module):
+    """A torchvision ResNet-18/34 encoder on fg_bg ‖ bg with a U-Net decoder and two heads.
+
+    ``pretrained=True`` loads torchvision's ImageNet weights (a download: Colab, not tests);
+    ``False`` builds the same architecture with random weights.
+    """
+
+    def __init__(self, encoder: str = "resnet18", pretrained: bool = False, stats: dict | None = None,
+                 decoder: tuple[int, ...] = (256, 128, 64, 32, 16)):
+        super().__init__()
+        import torchvision
+
+        weights = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights"}
+        if encoder not in weights:
+            raise ValueError(f"encoder must be one of {', '.join(weights)}")
+        w = getattr(torchvision.models, weights[encoder]).IMAGENET1K_V1 if pretrained else None
+        net = getattr(torchvision.models, encoder)(weights=w)
+        self.norm = Normalise(stats)
+        self.stem = nn.Sequential(six_channel_conv(net.conv1), net.bn1, net.relu)  # /2, 64
+        self.pool = net.maxpool
+        self.layers = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])  # /4 64, /8 128, /16 256, /32 512
+        skips = [512, 256, 128, 64, 64]
+        self.up = nn.ModuleList()
+        cin = skips[0]
+        for cskip, cout in zip(skips[1:] + [6], decoder):
+            self.up.append(Up(cin, cskip, cout))
+            cin = cout
+        self.heads = Heads(decoder[-1])
+
+    def forward(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> dict[str, torch.Tensor]:
+        a, b = self.norm(fg_bg, bg)
+        x0 = torch.cat([a, b], 1)
+        x1 = self.stem(x0)
+        feats = [x0, x1]
+        x = self.pool(x1)
+        for layer in self.layers:
+            x = layer(x)
+            feats.append(x)
+        # feats: input, /2, /4, /8, /16, /32 -> decode from /32 using /16, /8, /4, /2, input as skips
+        x = feats[-1]
+        for up, skip in zip(self.up, reversed(feats[:-1])):
+            x = up(x, skip)
+        return self.heads(x)
+
+
+MODELS = ("small-unet", "resnet18", "resnet34")
+
+
+def build_model(name: str = "small-unet", stats: dict | None = None, pretrained: bool = False,
+                **kwargs) -> nn.Module:
+    """A model by name: ``small-unet`` (from scratch), ``resnet18`` or ``resnet34`` (U-Net decoder)."""
+    if name == "small-unet":
+        return SmallUNet(stats=stats, **kwargs)
+    if name in ("resnet18", "resnet34"):
+        return ResNetUNet(name, pretrained=pretrained, stats=stats, **kwargs)
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def receptive_field(model: nn.Module, size: int = 128, output: str = "depth") -> int:
+    """Side in pixels of the input region that can change the centre output pixel, measured.
+
+    Backpropagates from the centre pixel of ``output`` and measures how far the non-zero input
+    gradient reaches - the effective extent, not a formula (batch norm in eval mode).
+    """
+    was = model.training
+    model.eval()
+    x = torch.rand(1, 3, size, size, requires_grad=True)
+    bg = torch.rand(1, 3, size, size, requires_grad=True)
+    out = model(x, bg)[output]
+    out[0, 0, size // 2, size // 2].backward()
+    g = (x.grad.abs().sum((0, 1)) + bg.grad.abs().sum((0, 1))) > 0
+    model.train(was)
+    rows, cols = torch.nonzero(g.any(1)).flatten(), torch.nonzero(g.any(0)).flatten()
+    return int(max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1))

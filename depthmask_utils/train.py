@@ -1,0 +1,373 @@
+"""Chapter 10: training - one readable loop that survives Colab disconnects.
+
+``train(dataset, run, config)`` trains the (fg_bg, bg) -> (mask, depth) model and keeps everything
+in the run folder::
+
+    RUN/config.json        what was asked (a different configuration is refused, not mixed in)
+    RUN/split.json         the backgrounds and foregrounds of train / val / test
+    RUN/checkpoints/last.pt  model, optimizer, scheduler, scaler, RNG, step, position in the epoch
+    RUN/history.csv        one row per epoch: losses, learning rate, validation metrics, seconds
+    RUN/model.pt           the final weights with the model's name, options and normalisation
+    RUN/tb/                TensorBoard logs (``tensorboard --logdir RUN/tb``)
+
+Checkpoints are written atomically every ``checkpoint_every`` steps and at each epoch end;
+re-running the same call resumes from the last one and ends with the same weights as a run that
+was never interrupted (the batches and augmentations of a step depend only on the seed, the epoch
+and the step). All files load with ``torch.load(weights_only=True)``.
+
+Multi-process (DDP): ``torchrun --standalone --nproc-per-node=N -m depthmask_utils train ...``;
+each process takes every N-th batch of the same order, rank 0 writes the run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from .data import CompositeDataset, EpochBatchSampler, OnTheFlyDataset, augment_batch, make_loader, to_inputs
+from .dataset import Split, make_split, read_info
+from .errors import DepthmaskError
+from .losses import MultiTaskLoss
+from .metrics import all_metrics
+from .models import build_model, count_parameters
+from .stats import load_stats
+from .storage import atomic_write_bytes, atomic_write_json
+
+RUN_FORMAT = "depthmask-run/1"
+
+
+class RunError(DepthmaskError):
+    """A run folder that cannot be used: another configuration, a bad checkpoint."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides the weights a run ends with (``workers`` and ``device`` do not)."""
+    model: str = "small-unet"
+    epochs: int = 8
+    sizes: tuple[int, ...] = (64, 96, 128)  # progressive resizing: the epochs are split evenly over these
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    clip: float = 1.0
+    seed: int = 0
+    depth_loss: str = "dense-depth"
+    weighting: str = "fixed"
+    w_mask: float = 1.0
+    w_depth: float = 1.0
+    augment: bool = True
+    on_the_fly: bool = False
+    pretrained: bool = False
+    model_options: dict = field(default_factory=dict)
+    split: dict = field(default_factory=lambda: {"val": 0.15, "test": 0.15, "heldout_fg": 0.15})
+    checkpoint_every: int = 100
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    workers: int = 2
+    device: str = "auto"
+
+    RUNTIME = ("workers", "device", "checkpoint_every")  # may differ between a run and its resume
+
+    def size_at(self, epoch: int) -> int:
+        """Training side for ``epoch`` under progressive resizing."""
+        return self.sizes[min(len(self.sizes) - 1, epoch * len(self.sizes) // max(1, self.epochs))]
+
+    def identity(self) -> dict:
+        d = asdict(self)
+        d["sizes"] = list(self.sizes)
+        return {k: v for k, v in d.items() if k not in self.RUNTIME}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
+        if "sizes" in d:
+            d["sizes"] = tuple(d["sizes"])
+        return cls(**d)
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    history: list
+    steps: int
+    seconds: float
+    resumed_from: int  # the step this call started from (0 for a fresh run)
+    parameters: int
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+    def __repr__(self) -> str:
+        f = self.final
+        return (f"TrainResult({len(self.history)} epochs, {self.steps} steps; val mask IoU "
+                f"{f.get('val_mask_iou', float('nan')):.3f}, depth RMSE {f.get('val_depth_rmse', float('nan')):.3f})")
+
+
+# --------------------------------------------------------------------------- helpers
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RunError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+        return torch.device("cuda", local_rank)
+    return torch.device(device)
+
+
+def _dist() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment (0, 1, 0 without it)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """``torch.save`` to a temporary name, then rename: a killed run never leaves half a file."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint or model file, loaded with ``weights_only=True``; bad files named clearly."""
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"{path}: missing")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle from elsewhere, not a torch file at all
+        raise RunError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
+        raise RunError(f"{path}: not a depthmask checkpoint (no format {RUN_FORMAT!r}) - was it written by another program?")
+    return state
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _prepare_run(run: Path, dataset: Path, config: TrainConfig, split: Split) -> None:
+    """Create the run folder, or check that an existing one was made by the same configuration."""
+    wanted = {"format": RUN_FORMAT, "dataset": str(dataset.resolve()), "config": config.identity()}
+    path = run / "config.json"
+    if path.exists():
+        have = json.loads(path.read_text())
+        diff = sorted(k for k in set(have.get("config", {})) | set(wanted["config"])
+                      if have.get("config", {}).get(k) != wanted["config"].get(k))
+        if have.get("dataset") != wanted["dataset"]:
+            diff.insert(0, f"dataset ({have.get('dataset')} -> {wanted['dataset']})")
+        if diff:
+            raise RunError(f"{run}: holds a run with another configuration (differs in: {', '.join(diff)}); "
+                           "use a new --out folder, or delete this one to start over")
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, wanted)
+    atomic_write_json(run / "split.json", split.as_dict())
+
+
+HISTORY_FIELDS = ["epoch", "step", "size", "lr", "train_loss", "train_mask_loss", "train_depth_loss",
+                  "val_mask_iou", "val_depth_rmse", "seconds"]
+
+
+def _write_history(run: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, HISTORY_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in h.items()} for h in history)
+    atomic_write_bytes(run / "history.csv", buf.getvalue().encode())
+
+
+@torch.no_grad()
+def evaluate_loader(model: torch.nn.Module, loader, device: torch.device) -> dict[str, torch.Tensor]:
+    """Per-image metrics (:func:`metrics.all_metrics`) over every batch of ``loader``, concatenated."""
+    was = model.training
+    model.eval()
+    parts: dict[str, list] = {}
+    for batch in loader:
+        x = to_inputs(batch, device)
+        out = model(x["fg_bg"], x["bg"])
+        m = all_metrics(torch.sigmoid(out["mask"].float()), x["mask"], out["depth"].float(), x["depth"])
+        for k, v in m.items():
+            parts.setdefault(k, []).append(v.cpu())
+    model.train(was)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def model_file(model: torch.nn.Module, config: TrainConfig, stats: dict, size: int) -> dict:
+    """What ``RUN/model.pt`` holds: enough to rebuild the model without the dataset."""
+    return {"format": RUN_FORMAT, "kind": "model", "model": config.model, "options": dict(config.model_options),
+            "stats": {k: stats[k] for k in ("fg_bg", "bg")}, "size": size,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+# --------------------------------------------------------------------------- the loop
+
+def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = None, progress: bool = True,
+          log=print) -> TrainResult:
+    """Train (or resume training) into the run folder ``run``; returns the history."""
+    from tqdm import tqdm
+
+    config = config or TrainConfig()
+    dataset, run = Path(dataset), Path(run)
+    rank, world, local_rank = _dist()
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() and config.device != "cpu" else "gloo")
+    device = resolve_device(config.device, local_rank)
+    cuda = device.type == "cuda"
+    torch.manual_seed(config.seed)
+
+    info = read_info(dataset, need_depth=True)
+    stats = load_stats(dataset)
+    split = make_split(info["counts"]["bg"], info["counts"]["fg"], config.seed, **config.split)
+    if rank == 0:
+        _prepare_run(run, dataset, config, split)
+    if world > 1:
+        torch.distributed.barrier()
+
+    model = build_model(config.model, stats=stats, pretrained=config.pretrained, **config.model_options).to(device)
+    if cuda and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = MultiTaskLoss(config.depth_loss, config.weighting, config.w_mask, config.w_depth).to(device)
+    params = list(model.parameters()) + list(criterion.parameters())
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    Data = OnTheFlyDataset if config.on_the_fly else CompositeDataset
+    train_items = CompositeDataset(dataset, "train", split_spec=split).items
+    steps_per_epoch = len(EpochBatchSampler(len(train_items), config.batch_size, True, config.seed, True, rank, world))
+    if steps_per_epoch == 0:
+        raise RunError(f"{dataset}: {len(train_items)} training composites make no full batch of {config.batch_size} "
+                       f"per process; lower --batch-size")
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
+                                                pct_start=0.25)
+    use_amp = cuda and config.amp
+    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    ckpt_path = run / "checkpoints" / "last.pt"
+    step, epoch0, batch0, history, sums, resumed_from = 0, 0, 0, [], [0.0, 0.0, 0.0, 0], 0
+    if ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        model.load_state_dict(ck["model"])
+        criterion.load_state_dict(ck["criterion"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        _set_rng_state(ck["rng"])
+        step, epoch0, batch0, history, sums = ck["step"], ck["epoch"], ck["batch"], ck["history"], ck["sums"]
+        resumed_from = step
+        if rank == 0:
+            log(f"resuming {run} at epoch {epoch0 + 1}, step {step}")
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
+
+    def checkpoint(epoch: int, batch: int) -> None:
+        if rank != 0:
+            return
+        save_checkpoint(ckpt_path, {"format": RUN_FORMAT, "kind": "checkpoint", "model": model.state_dict(),
+                                    "criterion": criterion.state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                                    "rng": _rng_state(), "step": step, "epoch": epoch, "batch": batch,
+                                    "history": history, "sums": list(sums)})
+
+    writer = None
+    if rank == 0:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(run / "tb"), purge_step=step)
+        except ImportError:  # tensorboard is optional: history.csv has the same numbers
+            writer = None
+    final_size = config.sizes[-1]
+    val_loader = make_loader(CompositeDataset(dataset, "val", final_size, split_spec=split), 64, workers=0)
+    t_start = time.perf_counter()
+    for epoch in range(epoch0, config.epochs):
+        size = config.size_at(epoch)
+        loader = make_loader(Data(dataset, train_items, size, split_spec=split), config.batch_size, True,
+                             config.workers, config.seed, True, rank=rank, world=world)
+        start = batch0 if epoch == epoch0 else 0
+        if start == 0:
+            sums = [0.0, 0.0, 0.0, 0]
+        loader.sampler.set_epoch(epoch, start)
+        t_epoch = time.perf_counter()
+        bar = tqdm(total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{config.epochs} @{size}px",
+                   unit="step", disable=not progress or rank != 0, leave=False)
+        net.train()
+        for b, batch in enumerate(loader, start=start):
+            if config.augment:
+                gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+                batch = augment_batch({k: v.to(device) for k, v in batch.items()}, gen)
+            x = to_inputs(batch, device)
+            if cuda and config.channels_last:
+                x = {k: v.contiguous(memory_format=torch.channels_last) for k, v in x.items()}
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                out = net(x["fg_bg"], x["bg"])
+            loss, parts = criterion(out, x["mask"], x["depth"])
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, config.clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            step += 1
+            sums = [sums[0] + float(loss.detach()), sums[1] + parts["mask"], sums[2] + parts["depth"], sums[3] + 1]
+            if writer is not None:
+                writer.add_scalar("train/loss", sums[0] / sums[3], step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums[0] / sums[3]:.3f}")
+            if b + 1 < steps_per_epoch and step % config.checkpoint_every == 0:
+                checkpoint(epoch, b + 1)
+        bar.close()
+        row = {"epoch": epoch + 1, "step": step, "size": size, "lr": float(sched.get_last_lr()[0]),
+               "train_loss": sums[0] / max(1, sums[3]), "train_mask_loss": sums[1] / max(1, sums[3]),
+               "train_depth_loss": sums[2] / max(1, sums[3])}
+        if rank == 0:
+            m = evaluate_loader(model, val_loader, device)
+            row.update(val_mask_iou=float(m["mask_iou"].mean()), val_depth_rmse=float(m["depth_rmse"].mean()),
+                       seconds=round(time.perf_counter() - t_epoch, 2))
+            history.append(row)
+            log(f"epoch {epoch + 1}/{config.epochs} @{size}px: loss {row['train_loss']:.4f} "
+                f"(mask {row['train_mask_loss']:.4f}, depth {row['train_depth_loss']:.4f}) | val mask IoU "
+                f"{row['val_mask_iou']:.4f}, depth RMSE {row['val_depth_rmse']:.4f}")
+            if writer is not None:
+                for k in ("val_mask_iou", "val_depth_rmse", "lr"):
+                    writer.add_scalar(k.replace("_", "/", 1), row[k], step)
+            checkpoint(epoch + 1, 0)
+            _write_history(run, history)
+        if world > 1:
+            torch.distributed.barrier()
+    if rank == 0:
+        save_checkpoint(run / "model.pt", model_file(model, config, stats, final_size))
+        if writer is not None:
+            writer.close()
+    if world > 1:
+        torch.distributed.barrier()
+    return TrainResult(run, history, step, time.perf_counter() - t_start, resumed_from, count_parameters(model))
+
+
+def read_history(run: str | Path):
+    """``RUN/history.csv`` as a pandas DataFrame (one row per epoch)."""
+    import pandas as pd
+
+    path = Path(run) / "history.csv"
+    if not path.exists():
+        raise RunError(f"{path}: missing - has this run finished an epoch?")
+    return pd.read_csv(path)

@@ -1,0 +1,112 @@
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from depthmask_utils import data as Dt
+from depthmask_utils.dataset import member, read_composites
+from depthmask_utils.errors import DatasetError
+from depthmask_utils.storage import ShardReader
+
+
+def test_shard_reader_matches_zipfile(labelled):
+    shard = next((labelled / "shards").glob("*.zip"))
+    with zipfile.ZipFile(shard) as zf, ShardReader(shard) as sr:
+        assert sr.namelist() == zf.namelist()
+        for name in zf.namelist():
+            assert sr.read(name) == zf.read(name)
+        with pytest.raises(KeyError):
+            sr.read("fg_bg/nope.jpg")
+
+
+def test_item_is_the_stored_images(labelled):
+    ds = Dt.CompositeDataset(labelled, "train")
+    s = ds[0]
+    c = ds.items[0]
+    assert {k: (tuple(v.shape), v.dtype) for k, v in s.items()} == {
+        "fg_bg": ((3, 64, 64), torch.uint8), "bg": ((3, 64, 64), torch.uint8),
+        "mask": ((1, 64, 64), torch.uint8), "depth": ((1, 64, 64), torch.uint8)}
+    with zipfile.ZipFile(labelled / c.shard) as zf:
+        pil = {cat: np.asarray(Image.open(io.BytesIO(zf.read(member(cat, c.id))))) for cat in ("fg_bg", "mask", "depth")}
+    assert np.array_equal(s["mask"][0].numpy(), pil["mask"])
+    assert np.array_equal(s["depth"][0].numpy(), pil["depth"])
+    assert np.abs(s["fg_bg"].permute(1, 2, 0).numpy().astype(int) - pil["fg_bg"]).max() <= 2  # two JPEG decoders
+    bg = np.asarray(Image.open(labelled / "bg" / f"{c.bg:03d}.png"))
+    assert np.array_equal(s["bg"].permute(1, 2, 0).numpy(), bg)
+
+
+def test_batches_smaller_sizes_and_workers_agree(labelled):
+    ds = Dt.CompositeDataset(labelled, "train", size=32)
+    b = ds[[0, 1, 2]]
+    assert b["fg_bg"].shape == (3, 3, 32, 32) and b["mask"].shape == (3, 1, 32, 32)
+    assert torch.equal(b["depth"][1], ds[1]["depth"])
+    one = [x for x in Dt.make_loader(ds, 8, shuffle=True, workers=0, seed=5)]
+    two = [x for x in Dt.make_loader(ds, 8, shuffle=True, workers=2, seed=5)]  # forked workers, own handles
+    assert len(one) == len(two) == -(-len(ds) // 8)
+    for x, y in zip(one, two):
+        assert all(torch.equal(x[k], y[k]) for k in Dt.CATEGORIES)
+
+
+def test_epoch_sampler_resumes_and_shards():
+    s = Dt.EpochBatchSampler(50, 8, shuffle=True, seed=1, drop_last=True)
+    s.set_epoch(3)
+    full = list(s)
+    s.set_epoch(3, start_batch=2)
+    assert list(s) == full[2:]
+    s.set_epoch(4)
+    assert list(s) != full
+    ranks = [Dt.EpochBatchSampler(50, 5, seed=1, rank=r, world=2) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(3)
+    seen = {i for r in ranks for _, b in r for i in b}
+    assert seen == set(range(50)) and len(list(ranks[0])) == len(list(ranks[1]))
+
+
+def test_joint_augmentation_keeps_the_four_images_aligned(labelled):
+    ds = Dt.CompositeDataset(labelled, "train")
+    b = ds[list(range(8))]
+    gen = torch.Generator().manual_seed(0)
+    out = Dt.augment_batch(b, gen, jitter=0.0)
+    assert {k: v.dtype for k, v in out.items()} == {k: torch.uint8 for k in b}
+    assert any(not torch.equal(out[k], b[k]) for k in b)
+    # Where the warped mask is empty, the warped composite is the warped background (JPEG aside).
+    outside = out["mask"][:, 0] == 0
+    diff = (out["fg_bg"].float() - out["bg"].float()).abs().amax(1)
+    assert diff[outside].mean() < 4
+    # Identity parameters change nothing; a flip alone is torch.flip.
+    ident = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(8, 2, 3)
+    assert all(torch.equal(Dt.warp(b, ident)[k], b[k]) for k in b)
+    flip = torch.tensor([[-1.0, 0, 0], [0, 1.0, 0]]).expand(8, 2, 3)
+    assert all(torch.equal(Dt.warp(b, flip)[k], b[k].flip(-1)) for k in b)
+
+
+def test_color_jitter_is_the_same_on_both_inputs():
+    x = torch.rand(4, 3, 16, 16) * 255
+    a, b = Dt.color_jitter(x, x.clone(), torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.allclose(a, x)
+
+
+def test_on_the_fly_draws_new_placements_each_epoch(labelled):
+    ds = Dt.OnTheFlyDataset(labelled, "train")
+    first = ds[(0, [0, 1])]
+    again = ds[(0, [0, 1])]
+    later = ds[(1, [0, 1])]
+    assert torch.equal(first["mask"], again["mask"])
+    assert not torch.equal(first["mask"], later["mask"])
+    # The composite equals the background wherever the mask is empty, exactly (no JPEG here).
+    out = first["mask"][:, 0] == 0
+    assert torch.equal(first["fg_bg"].permute(0, 2, 3, 1)[out], first["bg"].permute(0, 2, 3, 1)[out])
+
+
+def test_missing_member_and_unlabelled_dataset_are_named(labelled, built, tmp_path):
+    with pytest.raises(DatasetError, match="no depth labels"):
+        Dt.CompositeDataset(built)
+    ds = Dt.CompositeDataset(labelled, "train")
+    c = ds.items[0]
+    ds.items = [type(c)(**{**c.__dict__, "id": "fg_bg_999_000_0_00"})]
+    with pytest.raises(DatasetError, match="member fg_bg/fg_bg_999_000_0_00.jpg missing"):
+        ds[0]
+    assert len(read_composites(labelled)) > len(Dt.CompositeDataset(labelled, "train"))

@@ -1,0 +1,86 @@
+import pytest
+import torch
+from torchmetrics.functional import mean_squared_error
+from torchmetrics.functional.classification import binary_f1_score, binary_jaccard_index
+
+from depthmask_utils import losses as L
+from depthmask_utils import metrics as M
+
+
+def _masks(seed=0, n=6, size=24):
+    g = torch.Generator().manual_seed(seed)
+    target = (torch.rand(n, 1, size, size, generator=g) > 0.6).float()
+    pred = (target + 0.6 * torch.rand(n, 1, size, size, generator=g) - 0.3).clamp(0, 1)
+    return pred, target
+
+
+def test_iou_and_dice_match_torchmetrics_per_image():
+    pred, target = _masks()
+    for i in range(pred.shape[0]):
+        assert M.iou(pred, target)[i] == pytest.approx(float(binary_jaccard_index(pred[i], target[i].long())), abs=1e-6)
+        assert M.dice(pred, target)[i] == pytest.approx(float(binary_f1_score(pred[i], target[i].long())), abs=1e-6)
+    empty = torch.zeros(1, 1, 8, 8)
+    assert M.iou(empty, empty).item() == 1.0 and M.dice(empty, empty).item() == 1.0
+
+
+def test_boundary_f():
+    t = torch.zeros(1, 1, 32, 32)
+    t[..., 8:24, 8:24] = 1
+    assert M.boundary_f(t, t).item() == 1.0
+    shifted = torch.roll(t, 1, -1)
+    assert M.boundary_f(shifted, t).item() == 1.0  # within the 2-px tolerance
+    far = torch.roll(t, 6, -1)
+    assert M.boundary_f(far, t).item() < 0.6
+    assert M.boundary(t).sum() == 4 * 15  # the 1-px ring of a 16 x 16 square
+
+
+def test_depth_metrics_against_torchmetrics_and_by_hand():
+    g = torch.Generator().manual_seed(1)
+    t = torch.rand(3, 1, 16, 16, generator=g) * 0.9 + 0.1
+    p = (t + 0.05 * torch.randn(3, 1, 16, 16, generator=g)).clamp(0, 1)
+    for i in range(3):
+        assert M.rmse(p, t)[i] == pytest.approx(float(mean_squared_error(p[i], t[i], squared=False)), rel=1e-5)
+    assert M.abs_rel(p, t)[0] == pytest.approx(float(((p[0] - t[0]).abs() / t[0]).mean()), rel=1e-5)
+    d = M.delta_accuracy(p, t, 1)
+    assert d[0] == pytest.approx(float((torch.maximum(p[0] / t[0], t[0] / p[0]) < 1.25).float().mean()), rel=1e-6)
+    assert torch.all(M.delta_accuracy(t, t) == 1) and torch.all(M.rmse(t, t) == 0)
+    assert torch.allclose(M.ssim(t, t), torch.ones(3))
+
+
+def test_ssim_loss_agrees_with_the_metric():
+    """kornia's loss and torchmetrics' metric: (1 - SSIM) / 2 from two libraries."""
+    g = torch.Generator().manual_seed(2)
+    t = torch.rand(2, 1, 32, 32, generator=g)
+    p = (t + 0.1 * torch.randn(2, 1, 32, 32, generator=g)).clamp(0, 1)
+    import kornia
+    from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
+
+    loss = kornia.losses.ssim_loss(p, t, 11, max_val=1.0)
+    assert float(loss) == pytest.approx((1 - float(tm_ssim(p, t, data_range=1.0))) / 2, abs=0.02)
+
+
+def test_scale_shift_alignment_recovers_an_affine_copy():
+    t = torch.rand(2, 1, 8, 8)
+    p = (t - 0.3) / 2.5
+    assert torch.allclose(L.align_scale_shift(p, t), t, atol=1e-5)
+    assert M.aligned(M.rmse, p, t).max() < 1e-5 and M.rmse(p, t).min() > 0.1
+    assert L.ssi_loss(p, t) < 1e-5 < L.dense_depth_loss(p, t)
+
+
+def test_losses_penalise_what_they_should():
+    t = torch.zeros(1, 1, 16, 16)
+    t[..., :, 8:] = 1
+    blurred = torch.nn.functional.avg_pool2d(t, 5, 1, 2, count_include_pad=False)
+    assert L.gradient_loss(blurred, t) > L.gradient_loss(t, t) == 0
+    logits = (t * 2 - 1) * 10
+    assert L.mask_loss(logits, t) < 0.01 < L.mask_loss(-logits, t)
+
+
+def test_uncertainty_weighting_learns_log_variances():
+    crit = L.MultiTaskLoss(weighting="uncertainty")
+    out = {"mask": torch.zeros(1, 1, 8, 8, requires_grad=True), "depth": torch.full((1, 1, 8, 8), 0.5, requires_grad=True)}
+    total, parts = crit(out, torch.ones(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))
+    total.backward()
+    assert crit.log_vars.grad is not None and set(parts) == {"mask", "depth"}
+    with pytest.raises(ValueError):
+        L.MultiTaskLoss(weighting="magic")

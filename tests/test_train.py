@@ -1,0 +1,102 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from depthmask_utils.train import RunError, TrainConfig, load_checkpoint, read_history, train
+
+TINY = ["--size", "32", "--batch-size", "8", "--workers", "0", "--no-progress", "--device", "cpu"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "depthmask_utils", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, timeout=600, **kw)
+
+
+def tiny_config(**kw):
+    return TrainConfig(**{"epochs": 2, "sizes": (32,), "batch_size": 8, "workers": 0, "device": "cpu",
+                          "model_options": {"base": 8, "levels": 3}, "checkpoint_every": 5, **kw})
+
+
+def test_train_writes_a_run_that_loads_with_weights_only(labelled, tmp_path):
+    r = train(labelled, tmp_path / "run", tiny_config(), progress=False, log=lambda *_: None)
+    assert len(r.history) == 2 and r.steps == r.history[-1]["step"] > 0
+    for name in ("config.json", "split.json", "history.csv", "model.pt", "checkpoints/last.pt"):
+        assert (tmp_path / "run" / name).exists(), name
+    assert list((tmp_path / "run" / "tb").iterdir())  # TensorBoard events
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["kind"] == "model"
+    h = read_history(tmp_path / "run")
+    assert list(h["epoch"]) == [1, 2] and h["val_mask_iou"].between(0, 1).all()
+    # Training again with the same configuration does nothing more.
+    again = train(labelled, tmp_path / "run", tiny_config(), progress=False, log=lambda *_: None)
+    assert again.resumed_from == r.steps and again.history == r.history
+    # Another configuration in the same folder is refused, naming what differs.
+    with pytest.raises(RunError, match="differs in: lr"):
+        train(labelled, tmp_path / "run", tiny_config(lr=1e-2), progress=False)
+
+
+def test_progressive_sizes():
+    cfg = TrainConfig(epochs=6, sizes=(64, 112, 224))
+    assert [cfg.size_at(e) for e in range(6)] == [64, 64, 112, 112, 224, 224]
+
+
+def test_killed_run_resumes_to_the_same_weights(labelled, tmp_path):
+    """SIGKILL a real training process after its first mid-epoch checkpoint, re-run the same
+    command, and compare with a run that was never interrupted."""
+    args = ["train", labelled, "--epochs", "3", "--checkpoint-every", "4", *TINY]
+    ref = cli(*args, "--out", tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "depthmask_utils", *map(str, args), "--out", str(run)],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "model.pt").exists(), "the run finished before it could be killed"
+    step = load_checkpoint(ckpt)["step"]
+    resumed = cli(*args, "--out", run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"step {step}" in resumed.stdout
+    a = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(run / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ha, hb = read_history(tmp_path / "ref"), read_history(run)
+    assert ha.drop(columns="seconds").equals(hb.drop(columns="seconds"))
+
+
+def test_bad_inputs_are_named(labelled, built, tmp_path):
+    r = cli("train", built, "--out", tmp_path / "r", *TINY)
+    assert r.returncode == 2 and "has no depth labels" in r.stderr and "Traceback" not in r.stderr
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(RunError, match="last.pt: not a readable checkpoint"):
+        load_checkpoint(run / "checkpoints" / "last.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(RunError, match="not a depthmask checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    r = cli("evaluate", tmp_path / "foreign.pt", labelled)
+    assert r.returncode == 2 and "foreign.pt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ddp_on_cpu_with_two_gloo_processes(labelled, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                        "-m", "depthmask_utils", "train", str(labelled), "--out", str(tmp_path / "ddp"),
+                        "--epochs", "1", *TINY], capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    h = read_history(tmp_path / "ddp")
+    single = TrainConfig(epochs=1, sizes=(32,), batch_size=8)
+    assert len(h) == 1 and (tmp_path / "ddp" / "model.pt").exists()
+    # Two processes split each epoch: half the steps of a single process with the same batch size.
+    from depthmask_utils.data import CompositeDataset, EpochBatchSampler
+
+    n = len(CompositeDataset(labelled, "train"))
+    assert h["step"].iloc[0] == len(EpochBatchSampler(n, single.batch_size, drop_last=True, world=2))
