@@ -5,3 +5,5 @@ One module per chapter; notebooks explain the idea and call these functions, and
 """
 
 __version__ = "0.1.0"
+
+from . import config, pipeline  # noqa: E402,F401  (light: profiles and the "make sure it exists" helpers)

@@ -319,8 +319,9 @@ class EpochBatchSampler(Sampler):
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, limit: int | None = None):
         self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
+        self.limit = min(limit, n) if limit else n  # samples per epoch: a different subset each epoch
         self.rank, self.world = rank, world
         self.epoch, self.start_batch = 0, 0
 
@@ -332,13 +333,14 @@ class EpochBatchSampler(Sampler):
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
         else:
             order = torch.arange(self.n)
+        order = order[:self.limit]
         if self.world > 1:
-            per_rank = -(-self.n // self.world)
-            order = torch.cat([order, order[:per_rank * self.world - self.n]])[self.rank::self.world]
+            per_rank = -(-self.limit // self.world)
+            order = torch.cat([order, order[:per_rank * self.world - self.limit]])[self.rank::self.world]
         return order.tolist()
 
     def __len__(self) -> int:
-        per_rank = -(-self.n // self.world)
+        per_rank = -(-self.limit // self.world)
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
     def __iter__(self):
@@ -349,13 +351,13 @@ class EpochBatchSampler(Sampler):
 
 def make_loader(ds: CompositeDataset, batch_size: int, shuffle: bool = False, workers: int = 2, seed: int = 0,
                 drop_last: bool = False, pin_memory: bool = False, rank: int = 0, world: int = 1,
-                persistent: bool = False) -> DataLoader:
+                persistent: bool = False, limit: int | None = None) -> DataLoader:
     """A DataLoader whose workers each decode a whole batch per call.
 
     Its ``loader.sampler`` is an :class:`EpochBatchSampler`: call ``loader.sampler.set_epoch(e,
     start_batch)`` before each epoch (and the same order comes back for the same seed and epoch).
     """
-    sampler = EpochBatchSampler(len(ds), batch_size, shuffle, seed, drop_last, rank, world)
+    sampler = EpochBatchSampler(len(ds), batch_size, shuffle, seed, drop_last, rank, world, limit)
     ctx = "fork" if workers and "fork" in torch.multiprocessing.get_all_start_methods() else None
     return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=workers,
                       worker_init_fn=_worker_init if workers else None, multiprocessing_context=ctx,

@@ -148,3 +148,50 @@ def show_row(images: list, titles: list[str] | None = None, size: float = 2.2, c
             ax.set_title(titles[i], fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _as_hwc(img) -> np.ndarray:
+    """numpy HWC/HW, or a torch (C, H, W) tensor (uint8 0-255 or float 0-1), -> numpy (H, W[, 3])."""
+    if hasattr(img, "detach"):
+        scale = 255.0 if str(img.dtype) == "torch.uint8" else 1.0
+        img = img.detach().float().cpu().numpy() / scale
+        img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+    return np.asarray(img)
+
+
+def show_grid(rows: list[list], kinds: list[str], col_titles: list[str] | None = None,
+              row_titles: list[str] | None = None, size: float = 1.6, colorbar: bool = True):
+    """A grid of images, one list per row; ``kinds`` per column: ``rgb``, ``mask`` (grey, 0-1),
+    ``depth`` (colour map, 0-1, 1 = near) or ``error`` (absolute error, 0-0.5).
+
+    Accepts numpy arrays (uint8 or 0-1 floats) and torch (C, H, W) tensors. The last column of a
+    ``depth`` or ``error`` kind gets a colour bar saying what the colours mean.
+    """
+    import matplotlib.pyplot as plt
+
+    n_r, n_c = len(rows), len(kinds)
+    fig, axes = plt.subplots(n_r, n_c, figsize=(size * n_c + (0.6 if colorbar else 0), size * n_r + 0.3), squeeze=False)
+    style = {"mask": dict(cmap="gray", vmin=0, vmax=1), "depth": dict(cmap=DEPTH_CMAP, vmin=0, vmax=1),
+             "error": dict(cmap="viridis", vmin=0, vmax=0.5)}
+    handles = {}
+    for r, row in enumerate(rows):
+        for c, (img, kind) in enumerate(zip(row, kinds)):
+            ax = axes[r][c]
+            a = _as_hwc(img)
+            if a.dtype == np.uint8:
+                a = a / 255.0
+            handles[kind] = ax.imshow(a, interpolation="nearest", **style.get(kind, {}))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0 and col_titles:
+                ax.set_title(col_titles[c], fontsize=9)
+            if c == 0 and row_titles:
+                ax.set_ylabel(row_titles[r], fontsize=8)
+    fig.tight_layout()
+    if colorbar:
+        labels = {"depth": "inverse depth (1 = near)", "error": "absolute error"}
+        for kind in ("depth", "error"):
+            if kind in handles:
+                fig.colorbar(handles[kind], ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label=labels[kind])
+                break
+    return fig

@@ -14,6 +14,8 @@ encoder (ImageNet weights optional) with a 6-channel first convolution.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -61,6 +63,9 @@ class Heads(nn.Module):
         super().__init__()
         self.mask = nn.Sequential(nn.Conv2d(cin, cin, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(cin, 1, 1))
         self.depth = nn.Sequential(nn.Conv2d(cin, cin, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(cin, 1, 1))
+        # Start the mask at the prior - a person covers ~5 % of a composite - not at 50 %: otherwise the
+        # first steps of BCE drive every logit far negative and some runs never climb back (RetinaNet's init).
+        nn.init.constant_(self.mask[-1].bias, math.log(0.05 / 0.95))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"mask": self.mask(x), "depth": torch.sigmoid(self.depth(x))}
@@ -84,15 +89,19 @@ class SmallUNet(nn.Module):
         self.up = nn.ModuleList([Up(chans[i + 1], chans[i], chans[i]) for i in reversed(range(levels))])
         self.heads = Heads(chans[0])
 
-    def forward(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> dict[str, torch.Tensor]:
+    def stem_input(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
+        """What the first convolution sees: normalised fg_bg and bg, the scaled difference, coordinates."""
         a, b = self.norm(fg_bg, bg)
-        parts = [a, b] + ([(fg_bg - bg).abs() * 4] if self.difference else [])
+        parts = [a, b] + ([(fg_bg - bg).abs() * 10] if self.difference else [])  # JPEG noise ~0.01, a person ~0.3
         if self.coords:  # where a pixel is in the frame: the floor is near at the bottom, far higher up
             n, _, h, w = a.shape
             ys = torch.linspace(-1, 1, h, device=a.device, dtype=a.dtype).view(1, 1, h, 1).expand(n, 1, h, w)
             xs = torch.linspace(-1, 1, w, device=a.device, dtype=a.dtype).view(1, 1, 1, w).expand(n, 1, h, w)
             parts += [ys, xs]
-        x = torch.cat(parts, 1)
+        return torch.cat(parts, 1)
+
+    def forward(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.stem_input(fg_bg, bg)
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else F.max_pool2d(x, 2))

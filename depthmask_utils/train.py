@@ -7,6 +7,7 @@ in the run folder::
     RUN/split.json         the backgrounds and foregrounds of train / val / test
     RUN/checkpoints/last.pt  model, optimizer, scheduler, scaler, RNG, step, position in the epoch
     RUN/history.csv        one row per epoch: losses, learning rate, validation metrics, seconds
+    RUN/steps.csv          one row per step: loss, its mask and depth parts, learning rate
     RUN/model.pt           the final weights with the model's name, options and normalisation
     RUN/tb/                TensorBoard logs (``tensorboard --logdir RUN/tb``)
 
@@ -52,6 +53,7 @@ class TrainConfig:
     """Everything that decides the weights a run ends with (``workers`` and ``device`` do not)."""
     model: str = "small-unet"
     epochs: int = 8
+    samples_per_epoch: int | None = None  # None: every training composite; else a fresh subset each epoch
     sizes: tuple[int, ...] = (64, 96, 128)  # progressive resizing: the epochs are split evenly over these
     batch_size: int = 32
     lr: float = 3e-3
@@ -69,7 +71,7 @@ class TrainConfig:
     split: dict = field(default_factory=lambda: {"val": 0.15, "test": 0.15, "heldout_fg": 0.15})
     checkpoint_every: int = 100
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
-    channels_last: bool = True  # on CUDA
+    channels_last: bool = True
     workers: int = 2
     device: str = "auto"
 
@@ -186,12 +188,18 @@ HISTORY_FIELDS = ["epoch", "step", "size", "lr", "train_loss", "train_mask_loss"
                   "val_mask_iou", "val_depth_rmse", "seconds"]
 
 
-def _write_history(run: Path, history: list[dict]) -> None:
+def _write_history(run: Path, history: list[dict], steps_log: list[list]) -> None:
+    """``history.csv`` (per epoch) and ``steps.csv`` (per step: loss, its parts, learning rate)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, HISTORY_FIELDS, lineterminator="\n")
     w.writeheader()
     w.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in h.items()} for h in history)
     atomic_write_bytes(run / "history.csv", buf.getvalue().encode())
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["step", "loss", "mask_loss", "depth_loss", "lr"])
+    w.writerows(steps_log)
+    atomic_write_bytes(run / "steps.csv", buf.getvalue().encode())
 
 
 @torch.no_grad()
@@ -242,7 +250,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
         torch.distributed.barrier()
 
     model = build_model(config.model, stats=stats, pretrained=config.pretrained, **config.model_options).to(device)
-    if cuda and config.channels_last:
+    if config.channels_last:  # faster convolutions on GPUs and, with oneDNN, on CPUs too
         model = model.to(memory_format=torch.channels_last)
     criterion = MultiTaskLoss(config.depth_loss, config.weighting, config.w_mask, config.w_depth).to(device)
     params = list(model.parameters()) + list(criterion.parameters())
@@ -250,7 +258,8 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
 
     Data = OnTheFlyDataset if config.on_the_fly else CompositeDataset
     train_items = CompositeDataset(dataset, "train", split_spec=split).items
-    steps_per_epoch = len(EpochBatchSampler(len(train_items), config.batch_size, True, config.seed, True, rank, world))
+    steps_per_epoch = len(EpochBatchSampler(len(train_items), config.batch_size, True, config.seed, True, rank, world,
+                                            config.samples_per_epoch))
     if steps_per_epoch == 0:
         raise RunError(f"{dataset}: {len(train_items)} training composites make no full batch of {config.batch_size} "
                        f"per process; lower --batch-size")
@@ -261,7 +270,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     ckpt_path = run / "checkpoints" / "last.pt"
-    step, epoch0, batch0, history, sums, resumed_from = 0, 0, 0, [], [0.0, 0.0, 0.0, 0], 0
+    step, epoch0, batch0, history, sums, resumed_from, steps_log = 0, 0, 0, [], [0.0, 0.0, 0.0, 0], 0, []
     if ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
         model.load_state_dict(ck["model"])
@@ -271,6 +280,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
         scaler.load_state_dict(ck["scaler"])
         _set_rng_state(ck["rng"])
         step, epoch0, batch0, history, sums = ck["step"], ck["epoch"], ck["batch"], ck["history"], ck["sums"]
+        steps_log = ck["steps_log"]
         resumed_from = step
         if rank == 0:
             log(f"resuming {run} at epoch {epoch0 + 1}, step {step}")
@@ -285,7 +295,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
                                     "criterion": criterion.state_dict(), "optimizer": opt.state_dict(),
                                     "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                                     "rng": _rng_state(), "step": step, "epoch": epoch, "batch": batch,
-                                    "history": history, "sums": list(sums)})
+                                    "history": history, "sums": list(sums), "steps_log": steps_log})
 
     writer = None
     if rank == 0:
@@ -301,7 +311,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
     for epoch in range(epoch0, config.epochs):
         size = config.size_at(epoch)
         loader = make_loader(Data(dataset, train_items, size, split_spec=split), config.batch_size, True,
-                             config.workers, config.seed, True, rank=rank, world=world)
+                             config.workers, config.seed, True, rank=rank, world=world, limit=config.samples_per_epoch)
         start = batch0 if epoch == epoch0 else 0
         if start == 0:
             sums = [0.0, 0.0, 0.0, 0]
@@ -315,7 +325,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
                 gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
                 batch = augment_batch({k: v.to(device) for k, v in batch.items()}, gen)
             x = to_inputs(batch, device)
-            if cuda and config.channels_last:
+            if config.channels_last:
                 x = {k: v.contiguous(memory_format=torch.channels_last) for k, v in x.items()}
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 out = net(x["fg_bg"], x["bg"])
@@ -329,6 +339,8 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
             sched.step()
             step += 1
             sums = [sums[0] + float(loss.detach()), sums[1] + parts["mask"], sums[2] + parts["depth"], sums[3] + 1]
+            steps_log.append([step, round(float(loss.detach()), 5), round(parts["mask"], 5), round(parts["depth"], 5),
+                              float(sched.get_last_lr()[0])])
             if writer is not None:
                 writer.add_scalar("train/loss", sums[0] / sums[3], step)
             bar.update(1)
@@ -351,7 +363,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
                 for k in ("val_mask_iou", "val_depth_rmse", "lr"):
                     writer.add_scalar(k.replace("_", "/", 1), row[k], step)
             checkpoint(epoch + 1, 0)
-            _write_history(run, history)
+            _write_history(run, history, steps_log)
         if world > 1:
             torch.distributed.barrier()
     if rank == 0:

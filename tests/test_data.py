@@ -110,3 +110,13 @@ def test_missing_member_and_unlabelled_dataset_are_named(labelled, built, tmp_pa
     with pytest.raises(DatasetError, match="member fg_bg/fg_bg_999_000_0_00.jpg missing"):
         ds[0]
     assert len(read_composites(labelled)) > len(Dt.CompositeDataset(labelled, "train"))
+
+
+def test_samples_per_epoch_takes_a_fresh_subset_each_epoch():
+    s = Dt.EpochBatchSampler(100, 10, shuffle=True, seed=0, drop_last=True, limit=30)
+    assert len(s) == 3
+    s.set_epoch(0)
+    a = {i for _, b in s for i in b}
+    s.set_epoch(1)
+    b = {i for _, b in s for i in b}
+    assert len(a) == len(b) == 30 and a != b

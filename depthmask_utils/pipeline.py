@@ -1,0 +1,75 @@
+"""Make sure what earlier chapters build exists: the world, the dataset, its labels, statistics, a run.
+
+Every chapter can run on its own: these build what earlier chapters would have built, skipping
+whatever is already there (each step resumes), so running chapter 11 first is fine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import Profile
+from .dataset import DATASET_JSON, STATS_JSON
+
+
+def data_paths(profile: Profile, root: str | Path = "../data") -> dict[str, Path]:
+    """Where a profile's sample world, dataset and training run live (relative to the notebooks)."""
+    base = Path(root) / profile.name
+    return {"world": base / "world", "dataset": base / "dataset", "run": base / "run"}
+
+
+def ensure_world(profile: Profile, root: str | Path = "../data") -> Path:
+    """The sample world of ``profile`` (rendered once, then reused)."""
+    from .sample import make_sample_world
+
+    world = data_paths(profile, root)["world"]
+    make_sample_world(world, profile.n_bg, profile.n_fg, profile.world_size, profile.seed)
+    return world
+
+
+def ensure_dataset(profile: Profile, root: str | Path = "../data", bg_dir=None, fg_dir=None,
+                   progress: bool = False) -> Path:
+    """The generated dataset of ``profile`` (chapter 03), built or resumed as needed."""
+    from .overlay import generate
+
+    paths = data_paths(profile, root)
+    if bg_dir is None or fg_dir is None:
+        world = ensure_world(profile, root)
+        bg_dir, fg_dir = bg_dir or world / "bg", fg_dir or world / "fg"
+    if not (paths["dataset"] / DATASET_JSON).exists():
+        generate(bg_dir, fg_dir, paths["dataset"], size=profile.size, placements=profile.placements,
+                 scale=profile.scale, seed=profile.seed, jpeg_quality=profile.jpeg_quality, progress=progress)
+    return paths["dataset"]
+
+
+def ensure_depth(profile: Profile, root: str | Path = "../data", progress: bool = False, **label_kwargs) -> Path:
+    """The dataset with depth labels (chapter 04), labelled with the profile's teacher if needed."""
+    from .depth import label_depth
+    from .storage import read_json
+
+    dataset = ensure_dataset(profile, root)
+    if "depth" not in read_json(dataset / DATASET_JSON):
+        label_depth(dataset, teacher=profile.teacher, batch_size=profile.batch_size,
+                    input_size=profile.teacher_input, progress=progress, **label_kwargs)
+    return dataset
+
+
+def ensure_stats(profile: Profile, root: str | Path = "../data") -> Path:
+    """The labelled dataset with ``stats.json`` (chapter 05), what training needs."""
+    from .stats import dataset_stats
+
+    dataset = ensure_depth(profile, root)
+    if not (dataset / STATS_JSON).exists():
+        dataset_stats(dataset, progress=False)
+    return dataset
+
+
+def ensure_run(profile: Profile, root: str | Path = "../data", log=print, **overrides) -> Path:
+    """A trained run of ``profile`` (chapter 10): trains, resumes, or returns the finished one."""
+    from .train import TrainConfig, train
+
+    dataset = ensure_stats(profile, root)
+    run = data_paths(profile, root)["run"]
+    if not (run / "model.pt").exists():
+        train(dataset, run, TrainConfig.from_dict({**profile.train, **overrides}), progress=False, log=log)
+    return run
