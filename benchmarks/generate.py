@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import shutil
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from _common import cores, timed, verdict, world  # noqa: E402
 
 from depthmask_utils.backgrounds import load_backgrounds  # noqa: E402
 from depthmask_utils.masks import load_foregrounds  # noqa: E402
-from depthmask_utils.overlay import ForegroundPyramid, build_plan, composite, generate, pyramids_for  # noqa: E402
+from depthmask_utils.overlay import build_plan, composite, generate, pyramids_for  # noqa: E402
 from depthmask_utils.storage import encode_jpeg_bgr, encode_png  # noqa: E402
 
 SIZE = 224

@@ -14,7 +14,7 @@ from PIL import Image
 
 from depthmask_utils import storage
 from depthmask_utils.errors import DatasetError, InputError
-from depthmask_utils.overlay import (ForegroundPyramid, blend_premultiplied, composite, generate, plan_placements,
+from depthmask_utils.overlay import (ForegroundPyramid, composite, generate, plan_placements,
                                      placement_rng, premultiply)
 from depthmask_utils.dataset import verify
 from depthmask_utils.sample import render_person
