@@ -367,6 +367,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
         if world > 1:
             torch.distributed.barrier()
     if rank == 0:
+        _write_history(run, history, steps_log)  # again: a run killed right after its last checkpoint
         save_checkpoint(run / "model.pt", model_file(model, config, stats, final_size))
         if writer is not None:
             writer.close()
