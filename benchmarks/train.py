@@ -22,6 +22,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -69,7 +70,7 @@ def main() -> None:
     if args.world == "sample":
         profile = sample
     else:  # the assignment's 100 x 100 world, stored at the sample size so a CPU can train on it
-        profile = get_profile("sample", name="fullworld", n_fg=100, placements=4)
+        profile = replace(sample, name="fullworld", n_fg=100, placements=4)
     t0 = time.perf_counter()
     dataset = ensure_stats(profile, BENCH)
     print(f"dataset {dataset}: {profile.expected_composites} composites at {profile.size}px "
