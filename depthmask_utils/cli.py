@@ -13,8 +13,6 @@ from pathlib import Path
 from .config import PROFILES, get_profile
 from .errors import DepthmaskError
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-
 
 def _profile(args):
     return get_profile(args.profile)
@@ -132,15 +130,30 @@ def cmd_export(args) -> int:
 
 
 def cmd_run(args) -> int:
-    """Execute every chapter with papermill under a profile (writes executed copies to --out)."""
-    import papermill as pm
+    """Execute every chapter in order under a profile; executed notebooks, data and a report go to --out."""
+    from .course import ChapterFailed, run_course
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for nb in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
-        print(f"running {nb.name} (profile {args.profile})", flush=True)
-        pm.execute_notebook(str(nb), str(out / nb.name), parameters={"profile": args.profile},
-                            cwd=str(NOTEBOOKS), progress_bar=False)
+    print(f"running the course, profile {args.profile}, into {Path(args.out).resolve()}", flush=True)
+    try:
+        report = run_course(args.profile, args.out, only=args.only, log=print)
+    except ChapterFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_colab(args) -> int:
+    """Write (or with --check, compare) every chapter's Colab badge and install cell from _config.yml."""
+    from .course import repository, sync_notebooks
+
+    differ = sync_notebooks(write=not args.check)
+    for name, what in differ.items():
+        print(f"{name}: {', '.join(what)}" + (" differ from _config.yml" if args.check else " rewritten"))
+    if args.check and differ:
+        print("error: run `python -m depthmask_utils colab` to regenerate them", file=sys.stderr)
+        return 1
+    print(f"{'checked' if args.check else 'written'}: badges and install cells for {repository().url}")
     return 0
 
 
@@ -231,8 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run")
     sp.add_argument("--out", required=True)
 
-    sp = add("run", cmd_run, "execute every chapter notebook with papermill")
-    sp.add_argument("--out", default="executed")
+    sp = add("run", cmd_run, "execute every chapter in order (papermill); notebooks, data and report.md go to --out")
+    sp.add_argument("--out", default="executed", help="folder for the executed notebooks, data and report (default: executed)")
+    sp.add_argument("--only", nargs="+", metavar="NN", help="only these chapters (numbers such as 00 03, or names)")
+
+    sp = add("colab", cmd_colab, "write every chapter's Colab badge and install cell from _config.yml")
+    sp.add_argument("--check", action="store_true", help="only compare; exit 1 if a notebook differs")
     return ap
 
 

@@ -13,8 +13,6 @@ import platform
 import sys
 from dataclasses import asdict, dataclass, field, replace
 
-COURSE_REPO = "https://github.com/depthmask/depthmask-course"  # where the Colab cell clones from
-
 
 @dataclass(frozen=True)
 class Profile:

@@ -1,0 +1,253 @@
+"""The course frame around the chapters, generated from one place: ``_config.yml``.
+
+The repository address lives only in ``_config.yml`` (``repository.url`` and ``repository.branch``).
+From it, ``python -m depthmask_utils colab`` writes every chapter's "Open in Colab" badge and its
+Colab install cell; ``--check`` (and ``tests/test_course.py``) fails when a notebook disagrees, so
+publishing the course elsewhere means changing one line and running one command. Jupyter Book
+builds its own launch buttons from the same ``repository`` and ``launch_buttons.colab_url`` keys.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+INSTALL_TAG = "colab-install"  # the generated cell carries this tag (and hide-cell for the book)
+BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+BADGE_RE = re.compile(r"^\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)$", re.M)
+
+# What each chapter installs on Colab beyond the package's core (pyproject extras); Colab already
+# ships torch, so the extras add only what is missing and never reinstall torch.
+EXTRAS = {"04": "depth", "07": "model", "08": "model", "09": "model", "10": "model", "11": "model"}
+
+
+@dataclass(frozen=True)
+class Repository:
+    url: str  # https://github.com/<owner>/<name>
+    branch: str
+
+    @property
+    def slug(self) -> str:
+        """``owner/name`` of a GitHub address."""
+        m = re.match(r"https://github\.com/([^/]+/[^/]+?)(?:\.git)?/?$", self.url)
+        if not m:
+            raise ValueError(f"_config.yml: repository.url must be a https://github.com/OWNER/NAME address, got {self.url!r}")
+        return m.group(1)
+
+    @property
+    def name(self) -> str:
+        return self.slug.split("/")[1]
+
+
+def repository(config: str | Path = ROOT / "_config.yml") -> Repository:
+    """The course repository named in the book's ``_config.yml``."""
+    import yaml
+
+    cfg = yaml.safe_load(Path(config).read_text())
+    repo = cfg.get("repository") or {}
+    if not repo.get("url"):
+        raise ValueError(f"{config}: no repository.url; the badges and Colab cells are generated from it")
+    return Repository(repo["url"].rstrip("/"), str(repo.get("branch", "main")))
+
+
+def colab_url(repo: Repository, notebook: str) -> str:
+    """The address that opens ``notebooks/<notebook>`` of ``repo`` in Colab."""
+    return f"https://colab.research.google.com/github/{repo.slug}/blob/{repo.branch}/notebooks/{notebook}"
+
+
+def badge(repo: Repository, notebook: str) -> str:
+    """The markdown line of the "Open in Colab" badge."""
+    return f"[![Open In Colab]({BADGE_IMAGE})]({colab_url(repo, notebook)})"
+
+
+def install_cell(repo: Repository, notebook: str) -> str:
+    """Source of the Colab install cell of ``notebook``: clone, install what the chapter needs, optionally
+    mount Drive. Elsewhere it does nothing. Every failing step stops with the step's own error."""
+    extra = EXTRAS.get(notebook[:2])
+    target = f'f"{{COURSE}}[{extra}]"' if extra else "COURSE"
+    return f'''\
+# Colab only: fetch the course, install what this chapter needs, and work from absolute paths.
+# Elsewhere this cell does nothing. (Generated from _config.yml by `python -m depthmask_utils colab`.)
+import os, subprocess, sys
+if "google.colab" in sys.modules:
+    COURSE = "/content/{repo.name}"
+
+    def step(what, *cmd):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"Colab set-up failed while {{what}}:\\n{{done.stderr[-3000:]}}")
+
+    if not os.path.isdir(COURSE):
+        step("cloning {repo.url}", "git", "clone", "-q", "--depth", "1", "-b", "{repo.branch}",
+             "{repo.url}", COURSE)
+    step("installing the course package", sys.executable, "-m", "pip", "install", "-q", "-e", {target})
+    sys.path.insert(0, COURSE)
+    os.chdir(f"{{COURSE}}/notebooks")
+    data_root = os.path.abspath(data_root)
+    if drive:  # datasets and runs on Google Drive survive a disconnect; re-running resumes them
+        from google.colab import drive as gdrive
+        gdrive.mount("/content/drive")
+        data_root = "/content/drive/MyDrive/{repo.name}/data"
+'''
+
+
+def _source(cell: dict) -> str:
+    src = cell["source"]
+    return src if isinstance(src, str) else "".join(src)
+
+
+def _set_source(cell: dict, text: str) -> None:
+    cell["source"] = text.splitlines(keepends=True)
+
+
+def sync_notebook(path: Path, repo: Repository, write: bool = True) -> list[str]:
+    """Make the badge and install cell of one chapter match ``repo``; returns what differed."""
+    nb = json.loads(path.read_text())
+    name, cells, problems = path.name, nb["cells"], []
+    first = cells[0]
+    want = badge(repo, name)
+    text = _source(first)
+    if first["cell_type"] != "markdown" or not text.startswith("# "):
+        raise ValueError(f"{path}: the first cell must be the markdown title")
+    if BADGE_RE.search(text):
+        new = BADGE_RE.sub(want, text, count=1)
+    else:
+        title, _, rest = text.partition("\n")
+        new = f"{title}\n\n{want}\n{rest}"
+    if new != text:
+        problems.append("badge")
+        _set_source(first, new)
+    params = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not params:
+        raise ValueError(f"{path}: no cell tagged 'parameters'")
+    install = [i for i, c in enumerate(cells) if INSTALL_TAG in c.get("metadata", {}).get("tags", [])]
+    want_cell = install_cell(repo, name)
+    if install != [params[0] + 1]:
+        problems.append("install cell missing or not right after the parameters cell")
+        for i in reversed(install):
+            del cells[i]
+        cells.insert(params[0] + 1, {"cell_type": "code", "execution_count": None, "id": f"colab-install-{name[:2]}",
+                                     "metadata": {"tags": [INSTALL_TAG, "hide-cell"]}, "outputs": [], "source": []})
+    cell = cells[params[0] + 1]
+    if _source(cell) != want_cell:
+        problems.append("install cell text")
+        _set_source(cell, want_cell)
+    if problems and write:
+        path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return problems
+
+
+def sync_notebooks(write: bool = True, notebooks: Path = NOTEBOOKS) -> dict[str, list[str]]:
+    """Badge and install cell of every chapter from ``_config.yml``; returns ``{notebook: differences}``."""
+    repo = repository()
+    out = {}
+    for path in chapters(notebooks):
+        problems = sync_notebook(path, repo, write)
+        if problems:
+            out[path.name] = problems
+    return out
+
+
+class ChapterFailed(Exception):
+    """A chapter raised while ``run_course`` executed it; the message names it and its executed copy."""
+
+
+def chapters(notebooks: Path = NOTEBOOKS) -> list[Path]:
+    """The chapter notebooks, in order."""
+    return sorted(notebooks.glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_course(profile: str = "sample", out: str | Path = "executed", only: list[str] | None = None,
+               log=print, notebooks: Path = NOTEBOOKS) -> Path:
+    """Execute every chapter in order with papermill under ``profile``; returns ``OUT/report.md``.
+
+    ``OUT/notebooks/`` gets the executed chapters, ``OUT/data/<profile>/`` the world, dataset and
+    trained run they build (each step resumes, so running again after a failure continues), and
+    ``OUT/report.md`` the key figures. ``only`` keeps chapters whose number or name is listed.
+    Raises :class:`ChapterFailed` at the first failing chapter.
+    """
+    import logging
+    import time
+
+    import papermill as pm
+
+    from .config import get_profile
+
+    get_profile(profile)  # an unknown profile fails here, before any chapter runs
+    out = Path(out).resolve()
+    (out / "notebooks").mkdir(parents=True, exist_ok=True)
+    data_root = out / "data"
+    todo = [p for p in chapters(notebooks) if not only or p.name[:2] in only or p.stem in only]
+    logging.getLogger("papermill").setLevel(logging.ERROR)  # its INFO lines would interleave with ours
+    times = {}
+    t_all = time.perf_counter()
+    for i, nb in enumerate(todo, 1):
+        executed = out / "notebooks" / nb.name
+        log(f"[{i:2d}/{len(todo)}] {nb.stem:<34s}", end="", flush=True)
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(str(nb), str(executed), parameters={"profile": profile, "data_root": str(data_root)},
+                                cwd=str(nb.parent), progress_bar=False, log_output=False, kernel_name="python3")
+        except pm.PapermillExecutionError as exc:
+            log("FAILED")
+            raise ChapterFailed(f"chapter {nb.stem} failed in cell [{exc.exec_count}] with {exc.ename}: "
+                                f"{exc.evalue}\nthe executed notebook, with the error in place: {executed}") from None
+        times[nb.stem] = time.perf_counter() - t0
+        log(f"{times[nb.stem]:6.1f} s")
+    report = out / "report.md"
+    report.write_text(course_report(profile, data_root, times, time.perf_counter() - t_all))
+    return report
+
+
+def _table(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def course_report(profile: str, data_root: str | Path, times: dict[str, float], total_s: float) -> str:
+    """A short markdown report of a course run: where it ran, chapter times, dataset, training, test metrics."""
+    from .config import environment_report, get_profile
+    from .pipeline import data_paths
+    from .storage import read_json
+
+    paths = data_paths(get_profile(profile), data_root)
+    env = environment_report()
+    parts = [f"# depthmask course run: profile `{profile}`", "",
+             f"Python {env['python']}, torch {env['torch']}, {env['cpus']} CPU cores, device: {env['device']}. "
+             f"{len(times)} chapters in {total_s / 60:.1f} minutes.", "", "## Chapters", "",
+             _table([{"chapter": k, "seconds": f"{v:.1f}"} for k, v in times.items()])]
+    info_path = paths["dataset"] / "dataset.json"
+    if info_path.exists():
+        info = read_json(info_path)
+        counts = info.get("counts", {})
+        depth = info.get("depth", {})
+        parts += ["", "## Dataset", "", f"`{paths['dataset']}`: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()
+                                                                               if isinstance(v, int))
+                  + (f"; depth from teacher `{depth.get('teacher')}` ({depth.get('mode')})." if depth else "; no depth labels.")]
+    history = paths["run"] / "history.csv"
+    if history.exists():
+        import pandas as pd
+
+        h = pd.read_csv(history)
+        last = h.iloc[-1]
+        cfg = read_json(paths["run"] / "config.json") if (paths["run"] / "config.json").exists() else {}
+        model = cfg.get("config", cfg).get("model", "?")
+        cols = [c for c in ("val_mask_iou", "val_depth_rmse") if c in h]
+        parts += ["", "## Training", "", f"`{paths['run']}`: model `{model}`, {len(h)} epochs"
+                  + (f", {h['seconds'].sum() / 60:.1f} minutes" if "seconds" in h else "") + "; last epoch: "
+                  + ", ".join(f"{c} {last[c]:.3f}" for c in cols) + "."]
+    metrics = paths["run"] / "metrics.json"
+    if metrics.exists():
+        m = read_json(metrics)
+        keys = ["mask_iou", "mask_boundary_f", "depth_rmse", "depth_abs_rel", "depth_delta1", "depth_ssim"]
+        rows = [{"test group": "all", "n": m["test"].get("n", "")} | {k: f"{m['test'][k]:.3f}" for k in keys if k in m["test"]}]
+        for g, v in m.get("groups", {}).items():
+            rows.append({"test group": g, "n": v.get("n", "")} | {k: f"{v[k]:.3f}" for k in keys if k in v})
+        parts += ["", "## Test metrics (held-out rooms and people)", "", _table(rows)]
+    return "\n".join(parts) + "\n"
