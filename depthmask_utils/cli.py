@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from .config import PROFILES, get_profile
+from .depth import MODES, TEACHERS
+from .overlay import PLACEMENTS
 from .errors import DepthmaskError
 
 
@@ -34,7 +36,8 @@ def cmd_generate(args) -> int:
     p = _profile(args)
     r = generate(args.bg, args.fg, args.out, size=args.size or p.size, placements=args.placements or p.placements,
                  scale=tuple(args.scale) if args.scale else p.scale, seed=p.seed if args.seed is None else args.seed,
-                 workers=args.workers, jpeg_quality=args.jpeg_quality or p.jpeg_quality)
+                 workers=args.workers, jpeg_quality=args.jpeg_quality or p.jpeg_quality, placement=args.placement,
+                 floor_dir=args.floor)
     for s in r.skipped:
         print(f"skipped {s['kind']} {s['file']}: {s['reason']}", file=sys.stderr)
     print(repr(r))
@@ -185,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int)
     sp.add_argument("--workers", type=int)
     sp.add_argument("--jpeg-quality", type=int)
+    sp.add_argument("--placement", choices=list(PLACEMENTS),
+                    help="floor: feet on the floor masks (default where they exist); uniform: anywhere in the frame")
+    sp.add_argument("--floor", metavar="DIR", help="floor masks, one PNG per background named like it (255 = floor)")
 
     sp = add("verify", cmd_verify, "check every member, count and mask of a dataset")
     sp.add_argument("dataset")
@@ -192,8 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("label-depth", cmd_label_depth, "add depth labels from a teacher")
     sp.add_argument("dataset")
-    sp.add_argument("--teacher", choices=["depth-anything-v2-small", "dpt-hybrid-midas", "scene"])
-    sp.add_argument("--mode", choices=["per-composite", "bg-plus-foreground"], default="bg-plus-foreground")
+    sp.add_argument("--teacher", choices=list(TEACHERS))
+    sp.add_argument("--mode", choices=list(MODES), default="bg-plus-foreground")
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
     sp.add_argument("--weights", choices=["pretrained", "random"], default="pretrained",

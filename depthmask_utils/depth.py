@@ -404,16 +404,69 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
         raise DatasetError(f"{dataset}: {len(missing)} composites have no depth label, e.g. {missing[0]}")
     for r in rows:
         r["depth_lo"], r["depth_hi"] = ranges.pop(r["id"])
-    write_manifest(dataset / MANIFEST_CSV, rows, MANIFEST_FIELDS + ["depth_lo", "depth_hi"])
+    fields = [f for f in rows[0] if f not in ("depth_lo", "depth_hi")] if rows else MANIFEST_FIELDS
+    write_manifest(dataset / MANIFEST_CSV, rows, fields + ["depth_lo", "depth_hi"])
+    visible = person_visibility(dataset, rows)
     info = read_json(dataset / DATASET_JSON)
     info["depth"] = {"teacher": teacher, "mode": mode, "weights": used_weights,
                      "input_size": None if teacher == "scene" else (model.input_size if model else input_size),
                      "member": member_pattern("depth"),
                      "encoding": "uint8 PNG of relative inverse depth, normalised per image (255 = nearest); "
-                                 "raw = depth_lo + png/255 * (depth_hi - depth_lo), columns in manifest.csv"}
+                                 "raw = depth_lo + png/255 * (depth_hi - depth_lo), columns in manifest.csv",
+                     "person_visible": {k: visible[k] for k in ("share", "checked", "margin")}}
     atomic_write_json(dataset / DATASET_JSON, info)
     return LabelResult(teacher, mode, used_weights, len(rows), len(todo),
                        (model.calls if model else 0), seconds)
+
+
+# --------------------------------------------------------------------------- do the labels show the person?
+
+def person_contrast(mask: np.ndarray, label: np.ndarray, ring: int = 3) -> float | None:
+    """How much nearer the person is than what lies behind their upper body, on the 0-1 label scale.
+
+    ``mask`` and ``label`` uint8 (H, W); labels are inverse depth, near = bright. Median label over
+    the person minus the median over a ``ring``-pixel band just outside the upper half of the mask
+    (the wall or furniture behind the torso). None for an empty mask.
+    """
+    import cv2
+
+    person = mask >= 128
+    rows = np.flatnonzero(person.any(axis=1))
+    if rows.size == 0:
+        return None
+    upper = np.zeros_like(person)
+    upper[rows[0]:(rows[0] + rows[-1]) // 2 + 1] = True
+    grown = cv2.dilate(person.astype(np.uint8), np.ones((2 * ring + 1, 2 * ring + 1), np.uint8)).astype(bool)
+    band = grown & ~(mask > 0) & upper
+    if not band.any():
+        return None
+    return float(np.median(label[person]) - np.median(label[band])) / 255.0
+
+
+def person_visibility(dataset: str | Path, rows: list[dict] | None = None, n: int = 2000, margin: float = 0.03,
+                      seed: int = 0) -> dict:
+    """Share of composites whose depth label shows the person in front of what is behind them.
+
+    Checks ``n`` composites drawn with ``seed`` (all if fewer): a composite passes when
+    :func:`person_contrast` >= ``margin``. People pasted onto a wall get the wall's depth by the
+    foot-point rule and vanish into it; floor placement (chapter 03) is what keeps this share high.
+    Returns ``{"share", "checked", "margin", "contrast": {id: value}}``.
+    """
+    dataset = Path(dataset)
+    rows = rows if rows is not None else read_manifest(dataset / MANIFEST_CSV)
+    pick = rows if len(rows) <= n else [rows[i] for i in sorted(np.random.default_rng(seed).choice(len(rows), n,
+                                                                                                     replace=False))]
+    contrast = {}
+    for shard, srows in rows_by_shard(pick).items():
+        with open_shard(dataset / shard) as zf:
+            for r in srows:
+                mask = decode_image(zf.read(member("mask", r["id"])), f"{shard}:{r['id']}")
+                label = decode_image(zf.read(member("depth", r["id"])), f"{shard}:{r['id']}")
+                c = person_contrast(mask, label)
+                if c is not None:
+                    contrast[r["id"]] = c
+    share = float(np.mean([c >= margin for c in contrast.values()])) if contrast else 0.0
+    return {"share": round(share, 4), "checked": len(contrast), "margin": margin, "contrast": contrast}
 
 
 # --------------------------------------------------------------------------- comparing the modes

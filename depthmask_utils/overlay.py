@@ -5,6 +5,13 @@ For every background ``bg``, foreground ``fg`` and ``flip`` in {0, 1} the plan h
 ``(seed, bg, fg, flip)``: the plan does not depend on worker count, order, or earlier runs. Each
 composite is the flipped, resized foreground alpha-blended onto the background; its mask is the
 same resized alpha on a black canvas. One zip shard per background holds its composites and masks.
+
+Placement is ``floor`` where the backgrounds come with floor masks (the sample world writes them;
+otherwise ``floor_dir`` holds masks named like the backgrounds): the foot point - the bottom centre
+of the box - is drawn from the floor, and where the background's depth is known too, the person's
+height follows perspective (height in pixels proportional to 1 / depth at the foot point, times a
+spread of real body heights). ``uniform`` (the default without floor masks) draws boxes anywhere in
+the frame, which puts people on walls and sofa backs: chapter 04 shows what that does to depth.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from .dataset import DATASET_JSON, FORMAT, MANIFEST_CSV, PARAMS_JSON, member, me
 from .errors import DatasetError, InputError
 from .masks import alpha_to_mask, load_foregrounds
 from .parallel import run_tasks
-from .storage import (atomic_write_bytes, atomic_write_json, composite_id, encode_jpeg_bgr, encode_png, read_json,
-                      remove_stale_temporaries, shard_name, write_manifest, write_shard)
+from .storage import (MANIFEST_FIELDS, PLACEMENT_FIELDS, atomic_write_bytes, atomic_write_json, composite_id,
+                      encode_jpeg_bgr, encode_png, read_json, remove_stale_temporaries, shard_name, write_manifest,
+                      write_shard)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -60,22 +68,156 @@ def plan_placements(fg_w: int, fg_h: int, size: int, n: int, scale: tuple[float,
                      "or a larger size")
 
 
+PLACEMENTS = ("floor", "uniform")
+PERSPECTIVE_SPREAD = (0.88, 1.12)  # real body heights vary about +-12 % around the average adult
+MIN_FLOOR_SHARE = 0.01  # a background with less visible floor than this is placed uniformly (and says so)
+
+
+@dataclass
+class Floor:
+    """Where people may stand in one prepared background: ``mask`` bool (size, size); ``depth`` float32
+    (size, size) z-depth in any unit (only ratios are used), or None where unknown."""
+    mask: np.ndarray
+    depth: np.ndarray | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.mask.mean() >= MIN_FLOOR_SHARE
+
+
+def perspective_range(scale: tuple[float, float]) -> tuple[float, float]:
+    """Heights (fraction of the frame) that perspective placement may produce around ``scale``."""
+    return 0.6 * scale[0], min(1.0, 1.3 * scale[1])
+
+
+def plan_floor_placements(fg_w: int, fg_h: int, size: int, n: int, scale: tuple[float, float],
+                          rng: np.random.Generator, floor: Floor) -> tuple[np.ndarray, np.ndarray] | None:
+    """``n`` distinct boxes whose foot point (bottom-centre pixel) lies on ``floor.mask``.
+
+    Without depth the height is ``uniform(scale) * size`` as in :func:`plan_placements`. With depth it
+    follows perspective: ``mid(scale) * z_ref / z_foot`` times a real-height spread, where ``z_ref``
+    is the median floor depth, so a person at the typical floor distance has the typical height, and
+    boxes with a nearer surface in front of the body (:func:`_occluded`) are redrawn.
+    Returns int64 (n, 4) boxes and (n, 2) foot points, or None if the floor cannot hold ``n``.
+    """
+    ys, xs = np.nonzero(floor.mask)
+    if ys.size == 0:
+        return None
+    lo, hi = scale
+    if floor.depth is not None:
+        z_ref = float(np.median(floor.depth[ys, xs]))
+        h_lo, h_hi = perspective_range(scale)
+    boxes, feet, seen = [], [], set()
+    for _ in range(200 * n + 200):
+        i = int(rng.integers(ys.size))
+        fx, fy = int(xs[i]), int(ys[i])
+        if floor.depth is None:
+            frac = rng.uniform(lo, hi)
+        else:
+            frac = (lo + hi) / 2 * z_ref / max(float(floor.depth[fy, fx]), 1e-6) * rng.uniform(*PERSPECTIVE_SPREAD)
+            if not h_lo <= frac <= h_hi:
+                continue
+        w, h = fit_box(fg_w, fg_h, size, frac)
+        x, y = fx - w // 2, fy - h + 1
+        box = (x, y, w, h)
+        if x < 0 or y < 0 or x + w > size or box in seen:
+            continue
+        if floor.depth is not None and _occluded(floor.depth, box, float(floor.depth[fy, fx])):
+            continue
+        seen.add(box)
+        boxes.append(box)
+        feet.append((fx, fy))
+        if len(boxes) == n:
+            return np.array(boxes, dtype=np.int64), np.array(feet, dtype=np.int64)
+    return None
+
+
+def _occluded(depth: np.ndarray, box: tuple[int, int, int, int], z_foot: float) -> bool:
+    """Would something nearer than the feet (a sofa back, a table) stand in front of the body?
+
+    Checks the middle half of the box: the person is pasted over it, so a nearer surface there
+    would make them stand behind the furniture yet appear in front of it.
+    """
+    x, y, w, h = box
+    body = depth[y:y + h, x + w // 4:x + w - w // 4]
+    return body.size > 0 and float(body.min()) < 0.97 * z_foot
+
+
+def load_floor(mask_path: Path, depth_path: Path | None, size: int) -> Floor:
+    """A floor mask (and z-depth in millimetres, if given) cropped and resized like its background."""
+    from .backgrounds import center_crop_box
+
+    try:
+        m = Image.open(mask_path).convert("L")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{mask_path}: unreadable floor mask ({exc})") from None
+    box = center_crop_box(*m.size)
+    mask = np.asarray(m.resize((size, size), Image.BILINEAR, box=box)) >= 128
+    depth = None
+    if depth_path is not None and depth_path.exists():
+        z = Image.fromarray(np.asarray(Image.open(depth_path), dtype=np.float32), "F")
+        if z.size != m.size:
+            raise InputError(f"{depth_path}: {z.size[0]}x{z.size[1]}, but the floor mask is {m.size[0]}x{m.size[1]}")
+        depth = np.asarray(z.resize((size, size), Image.NEAREST, box=box), dtype=np.float32)
+    return Floor(mask, depth)
+
+
+def find_floors(bg_dir: str | Path, sources: list[str], size: int, floor_dir: str | Path | None = None
+                ) -> list[Floor] | None:
+    """Floor masks for the prepared backgrounds, or None if there are none.
+
+    Masks are ``<floor_dir>/<background stem>.png``; without ``floor_dir`` the sample world's layout
+    is tried (``bg_floor/`` beside ``bg_dir``), and its ``bg_depth/`` gives perspective heights. A
+    given ``floor_dir`` must hold a mask for every background.
+    """
+    bg_dir = Path(bg_dir)
+    auto = floor_dir is None
+    folder = bg_dir.parent / "bg_floor" if auto else Path(floor_dir)
+    if not folder.is_dir():
+        if auto:
+            return None
+        raise InputError(f"{folder}: floor mask folder not found")
+    depth_dir = bg_dir.parent / "bg_depth"
+    paths = [folder / (Path(src).stem + ".png") for src in sources]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        if auto:
+            return None
+        raise InputError(f"{folder}: no floor mask for {len(missing)} backgrounds (e.g. {missing[0]}); "
+                         "name each mask like its background, as PNG")
+    return [load_floor(p, depth_dir / p.name if depth_dir.is_dir() else None, size) for p in paths]
+
+
 def placement_rng(seed: int, bg: int, fg: int, flip: int) -> np.random.Generator:
     """The generator for one (bg, fg, flip): independent streams, no reseeding collisions."""
     return np.random.default_rng([seed, bg, fg, flip])
 
 
 def build_plan(fg_sizes: list[tuple[int, int]], n_bg: int, size: int, placements: int,
-               scale: tuple[float, float], seed: int) -> list[dict]:
-    """Manifest rows for every composite, ordered by (bg, fg, flip, k)."""
+               scale: tuple[float, float], seed: int, floors: list[Floor] | None = None) -> list[dict]:
+    """Manifest rows for every composite, ordered by (bg, fg, flip, k).
+
+    With ``floors`` each (bg, fg, flip) is placed on the floor when that background has enough floor
+    for all its placements; otherwise (and without ``floors``) uniformly. The row says which
+    (``placement``) and where the feet are (``foot_x``, ``foot_y``).
+    """
     rows = []
     for bg in range(n_bg):
+        floor = floors[bg] if floors is not None and floors[bg].usable else None
         for fg, (fw, fh) in enumerate(fg_sizes):
             for flip in (0, 1):
-                boxes = plan_placements(fw, fh, size, placements, scale, placement_rng(seed, bg, fg, flip))
-                for k, (x, y, w, h) in enumerate(boxes.tolist()):
+                rng = placement_rng(seed, bg, fg, flip)
+                planned = plan_floor_placements(fw, fh, size, placements, scale, rng, floor) if floor else None
+                mode = "floor" if planned is not None else "uniform"
+                if planned is None:
+                    boxes = plan_placements(fw, fh, size, placements, scale, placement_rng(seed, bg, fg, flip))
+                    feet = np.stack([boxes[:, 0] + boxes[:, 2] // 2, boxes[:, 1] + boxes[:, 3] - 1], axis=1)
+                else:
+                    boxes, feet = planned
+                for k, ((x, y, w, h), (fx, fy)) in enumerate(zip(boxes.tolist(), feet.tolist())):
                     rows.append({"id": composite_id(fg, bg, flip, k), "bg": bg, "fg": fg, "flip": flip, "k": k,
-                                 "x": x, "y": y, "w": w, "h": h, "shard": f"shards/{shard_name(bg)}"})
+                                 "x": x, "y": y, "w": w, "h": h, "shard": f"shards/{shard_name(bg)}",
+                                 "placement": mode, "foot_x": fx, "foot_y": fy})
     return rows
 
 
@@ -155,7 +297,8 @@ def composite(bg: np.ndarray, fgp: np.ndarray, x: int, y: int) -> tuple[np.ndarr
 
 
 def pyramids_for(fgs: list[np.ndarray], size: int, scale: tuple[float, float]) -> list[ForegroundPyramid]:
-    max_h, min_h = int(np.ceil(scale[1] * size)) + 1, int(scale[0] * size * 0.5)
+    lo, hi = perspective_range(scale)  # covers uniform heights too
+    max_h, min_h = int(np.ceil(hi * size)) + 1, int(lo * size * 0.5)
     return [ForegroundPyramid(f, max_h, min_h) for f in fgs]
 
 
@@ -215,8 +358,12 @@ def _params_digest(params: dict) -> str:
 
 def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int = 224, placements: int = 20,
              scale: tuple[float, float] = (0.35, 0.65), seed: int = 0, workers: int | None = None,
-             jpeg_quality: int = 90, progress: bool = True) -> GenerateResult:
+             jpeg_quality: int = 90, progress: bool = True, placement: str | None = None,
+             floor_dir: str | Path | None = None) -> GenerateResult:
     """Build the dataset in ``out`` from the images in ``bg_dir`` and ``fg_dir``.
+
+    ``placement``: ``"floor"`` (feet on the floor masks of ``floor_dir``, or of the sample world's
+    ``bg_floor/``), ``"uniform"`` (anywhere in the frame), or None: floor where masks exist.
 
     Safe to interrupt: shards are written atomically and a re-run with the same parameters skips
     the finished ones, ending byte-identical to an uninterrupted run. ``manifest.csv`` and then
@@ -238,8 +385,16 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
         raise InputError(f"{fg_dir}: no usable foregrounds ({len(fgs.skipped)} skipped: "
                          + "; ".join(f"{r.path}: {r.reason}" for r in fgs.skipped) + ")")
 
+    if placement not in (None, *PLACEMENTS):
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+    floors = None if placement == "uniform" else find_floors(bg_dir, bgs.sources, size, floor_dir)
+    if placement == "floor" and floors is None:
+        raise InputError(f"{bg_dir}: placement 'floor' needs floor masks: pass floor_dir (--floor DIR) with a "
+                         "PNG mask per background, named like it, or use placement 'uniform'")
+    placement = "floor" if floors is not None else "uniform"
     params = {"size": size, "placements": placements, "scale": list(scale), "seed": seed,
-              "jpeg_quality": jpeg_quality, "bg_sources": bgs.sources, "fg_sources": fgs.sources}
+              "jpeg_quality": jpeg_quality, "placement": placement, "bg_sources": bgs.sources,
+              "fg_sources": fgs.sources}
     lock = out / PARAMS_JSON
     if lock.exists() and _params_digest(read_json(lock)) != _params_digest(params):
         raise DatasetError(f"{out}: holds a dataset made with other parameters or inputs (see {lock.name}); "
@@ -255,7 +410,7 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
         atomic_write_bytes(prepared_path(out, "fg_mask", j), encode_png(alpha_to_mask(rgba[..., 3])))
 
     rows = build_plan([(f.shape[1], f.shape[0]) for f in fgs.images], len(bgs.images), size, placements,
-                      scale, seed)
+                      scale, seed, floors)
     per_bg = len(rows) // len(bgs.images)
     tasks = []
     for bg in range(len(bgs.images)):
@@ -275,7 +430,8 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
     result = GenerateResult(out, len(rows), len(bgs.images), len(tasks), len(bgs.images), len(fgs.images), skipped)
     if not tasks and (out / DATASET_JSON).exists():
         return result  # already complete: leave later chapters' additions (depth columns) alone
-    write_manifest(out / MANIFEST_CSV, rows)
+    write_manifest(out / MANIFEST_CSV, rows, MANIFEST_FIELDS + PLACEMENT_FIELDS)
+    on_floor = sum(r["placement"] == "floor" for r in rows)
     info = {
         "format": FORMAT,
         "version": __version__,
@@ -291,6 +447,10 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
                    for j, r in enumerate([r for r in fgs.reports if r.usable])],
         },
         "skipped": skipped,
+        # Backgrounds without enough visible floor are placed uniformly even in floor mode: said here.
+        "placement": {"mode": placement, "on_floor": on_floor, "uniform": len(rows) - on_floor,
+                      "uniform_bg": sorted({r["bg"] for r in rows if r["placement"] == "uniform"})
+                      if placement == "floor" else []},
         "members": {c: member_pattern(c) for c in ("fg_bg", "mask")},
     }
     old = out / DATASET_JSON

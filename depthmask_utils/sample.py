@@ -14,6 +14,7 @@ Layout written by :func:`make_sample_world`::
 
     DIR/bg/room_000.jpg          RGB photos, 4:3, height = size
     DIR/bg_depth/room_000.png    uint16 z-depth in millimetres, same size as the photo
+    DIR/bg_floor/room_000.png    uint8 floor mask (255 where a person could stand), same size
     DIR/fg/person_000.png        RGBA figures with soft alpha
     DIR/fg/person_007.jpg        the last few figures: RGB on a plain backdrop, no alpha
     DIR/world.json               the parameters used
@@ -325,6 +326,18 @@ def render_room(room: Room, height: int, width: int, supersample: int = 2) -> tu
     return (img * 255 + 0.5).astype(np.uint8), depth.astype(np.float32)
 
 
+def floor_mask(room: Room, height: int, width: int) -> np.ndarray:
+    """bool (height, width): pixels whose first surface is floor a person could stand on.
+
+    That is the floor itself or a rug lying on it: upward-facing surfaces within 5 cm of the floor.
+    Chapter 03 draws foot points from it, so people stand on the floor, not on walls or sofa backs.
+    """
+    o, d = _camera_rays(room, height, width)
+    t, _, axis = _trace(room, o, d)
+    p = o + t[:, None] * d
+    return ((axis == 1) & (d[:, 1] < 0) & (p[:, 1] < 0.05)).reshape(height, width)
+
+
 # --------------------------------------------------------------------------- people
 
 SKIN = [(255, 219, 172), (241, 194, 125), (224, 172, 105), (198, 134, 66), (141, 85, 36), (92, 58, 30)]
@@ -488,16 +501,18 @@ def make_sample_world(out: str | Path, n_bg: int = 8, n_fg: int = 8, size: int =
     if n_bg < 1 or n_fg < 1 or size < 32:
         raise ValueError("sample world needs n_bg >= 1, n_fg >= 1 and size >= 32")
     n_plain = max(1, n_fg // 8) if n_plain is None else n_plain
-    params = {"n_bg": n_bg, "n_fg": n_fg, "size": size, "seed": seed, "n_plain": n_plain}
+    params = {"n_bg": n_bg, "n_fg": n_fg, "size": size, "seed": seed, "n_plain": n_plain, "layout": 2}
     manifest = out / "world.json"
     if manifest.exists() and json.loads(manifest.read_text()).get("params") == params:
         return json.loads(manifest.read_text())
-    for sub in ("bg", "bg_depth", "fg"):
+    for sub in ("bg", "bg_depth", "bg_floor", "fg"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     width = size * 4 // 3
     for i in range(n_bg):
-        rgb, depth = render_room(random_room(seed * 100_003 + i), size, width)
+        room = random_room(seed * 100_003 + i)
+        rgb, depth = render_room(room, size, width)
         Image.fromarray(rgb).save(out / "bg" / f"room_{i:03d}.jpg", quality=92)
+        Image.fromarray(floor_mask(room, size, width).astype(np.uint8) * 255).save(out / "bg_floor" / f"room_{i:03d}.png")
         mm = np.clip(np.round(depth * DEPTH_SCALE_MM), 1, 65535).astype(np.uint16)
         Image.fromarray(mm).save(out / "bg_depth" / f"room_{i:03d}.png")
     rng = np.random.default_rng([seed, 5])

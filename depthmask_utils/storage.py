@@ -30,6 +30,7 @@ from .errors import DatasetError
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: reproducible bytes
 MANIFEST_FIELDS = ["id", "bg", "fg", "flip", "k", "x", "y", "w", "h", "shard"]
+PLACEMENT_FIELDS = ["placement", "foot_x", "foot_y"]  # floor or uniform; the foot point (bottom-centre pixel)
 
 
 def shard_name(bg: int) -> str:
