@@ -21,6 +21,7 @@ def _profile(args):
 
 
 def cmd_sample(args) -> int:
+    """Render the sample world (chapter 01) into --out."""
     from .sample import make_sample_world
 
     p = _profile(args)
@@ -31,6 +32,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    """Make the composites and masks (chapter 03); skipped inputs are listed on stderr."""
     from .overlay import generate
 
     p = _profile(args)
@@ -45,6 +47,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    """Check every member, count and mask (and depth, once labelled); exit 1 with the problems."""
     from .dataset import verify
 
     report = verify(args.dataset, workers=args.workers)
@@ -55,6 +58,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_label_depth(args) -> int:
+    """Add depth labels from a teacher (chapter 04); resumes shard by shard."""
     from .depth import label_depth
 
     p = _profile(args)
@@ -66,6 +70,7 @@ def cmd_label_depth(args) -> int:
 
 
 def cmd_stats(args) -> int:
+    """Exact mean and std per category and channel -> DATASET/stats.json (chapter 05)."""
     from .stats import dataset_stats
 
     s = dataset_stats(args.dataset, workers=args.workers)
@@ -75,6 +80,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_gallery(args) -> int:
+    """Grids per category and per-sample strips -> DATASET/gallery/ (chapter 06)."""
     from .gallery import make_galleries
 
     for path in make_galleries(args.dataset, n=args.n, strips=args.strips, seed=args.seed):
@@ -97,6 +103,7 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
+    """Train (or resume) a run (chapter 10); options override the profile's training values."""
     from .train import train
 
     r = train(args.dataset, args.out, _train_config(args), progress=not args.no_progress)
@@ -105,6 +112,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    """Score a run on the test groups -> RUN/metrics.json and per_image.csv (chapter 11)."""
     import json
 
     from .evaluate import evaluate
@@ -116,6 +124,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    """Mask and depth PNGs for new images, at their own size (chapter 11)."""
     from .evaluate import predict
 
     written = predict(args.run, args.bg, args.fg_bg, args.out, device=args.device)
@@ -124,6 +133,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
+    """Export a run's model to ONNX and check it against PyTorch with onnxruntime."""
     from .evaluate import export_onnx
 
     r = export_onnx(args.run, args.out)
@@ -146,6 +156,19 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_refresh(args) -> int:
+    """Re-run chapters in place with their sample defaults and strip run metadata (what gets committed)."""
+    from .course import ChapterFailed, refresh_chapters, sync_notebooks
+
+    sync_notebooks(write=True)
+    try:
+        problems = refresh_chapters(args.only, log=print)
+    except ChapterFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 1 if problems else 0
+
+
 def cmd_colab(args) -> int:
     """Write (or with --check, compare) every chapter's Colab badge and install cell from _config.yml."""
     from .course import repository, sync_notebooks
@@ -161,6 +184,7 @@ def cmd_colab(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: one sub-command per step, each with --profile."""
     ap = argparse.ArgumentParser(prog="python -m depthmask_utils", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -254,12 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="executed", help="folder for the executed notebooks, data and report (default: executed)")
     sp.add_argument("--only", nargs="+", metavar="NN", help="only these chapters (numbers such as 00 03, or names)")
 
+    sp = add("refresh", cmd_refresh, "re-run chapters in place with their sample defaults, as committed")
+    sp.add_argument("only", nargs="*", metavar="NN", help="only these chapters (default: all)")
+
     sp = add("colab", cmd_colab, "write every chapter's Colab badge and install cell from _config.yml")
     sp.add_argument("--check", action="store_true", help="only compare; exit 1 if a notebook differs")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user's mistake prints one `error:` line and returns 2, never a traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -16,6 +16,10 @@ from dataclasses import asdict, dataclass, field, replace
 
 @dataclass(frozen=True)
 class Profile:
+    """A named, frozen set of parameter values: sample world, composites, depth teacher, training.
+
+    ``train`` holds :class:`~depthmask_utils.train.TrainConfig` values for chapter 10 and the ``train`` command.
+    """
     name: str
     n_bg: int  # sample-world backgrounds to render
     n_fg: int  # sample-world foregrounds to draw
@@ -32,9 +36,11 @@ class Profile:
 
     @property
     def expected_composites(self) -> int:
+        """Composites the dataset will hold: ``n_bg * n_fg * 2 flips * placements``."""
         return self.n_bg * self.n_fg * 2 * self.placements
 
     def as_dict(self) -> dict:
+        """All fields as a plain dict (``dataclasses.asdict``; nested values are copies)."""
         return asdict(self)
 
 
@@ -60,6 +66,7 @@ def get_profile(name: str = "sample", **overrides) -> Profile:
 
 
 def on_colab() -> bool:
+    """True inside Google Colab (``google.colab`` imported or ``COLAB_RELEASE_TAG`` set)."""
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 

@@ -27,6 +27,7 @@ EXTRAS = {"04": "depth", "07": "model", "08": "model", "09": "model", "10": "mod
 
 @dataclass(frozen=True)
 class Repository:
+    """Where the course lives: a GitHub address and the branch the badges and install cells use."""
     url: str  # https://github.com/<owner>/<name>
     branch: str
 
@@ -40,6 +41,7 @@ class Repository:
 
     @property
     def name(self) -> str:
+        """The repository's name, also the folder it is cloned into on Colab."""
         return self.slug.split("/")[1]
 
 
@@ -251,3 +253,58 @@ def course_report(profile: str, data_root: str | Path, times: dict[str, float], 
             rows.append({"test group": g, "n": v.get("n", "")} | {k: f"{v[k]:.3f}" for k in keys if k in v})
         parts += ["", "## Test metrics (held-out rooms and people)", "", _table(rows)]
     return "\n".join(parts) + "\n"
+
+
+def clean_executed(path: Path) -> list[str]:
+    """Strip what a run leaves that does not belong in the committed chapter: execution timestamps,
+    papermill's run metadata (it holds machine paths) and an injected-parameters cell. Returns the
+    problems a reader would see and that cannot be stripped: stderr or error outputs, size over 1 MB."""
+    nb = json.loads(path.read_text())
+    nb["metadata"].pop("papermill", None)
+    nb["cells"] = [c for c in nb["cells"] if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    problems = []
+    for i, c in enumerate(nb["cells"]):
+        c.get("metadata", {}).pop("execution", None)
+        c.get("metadata", {}).pop("papermill", None)
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "error" or o.get("name") == "stderr":
+                problems.append(f"cell {i}: {o.get('output_type')} {o.get('name', o.get('ename', ''))}")
+    text = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    path.write_text(text)
+    if len(text.encode()) > 1_000_000:
+        problems.append(f"{len(text.encode()) / 1e6:.2f} MB (limit 1 MB)")
+    return problems
+
+
+def refresh_chapters(only: list[str] | None = None, log=print, notebooks: Path = NOTEBOOKS) -> dict[str, list[str]]:
+    """Re-run chapters top to bottom in place with their default (sample) parameters, as committed.
+
+    Each runs in a fresh kernel from ``notebooks/``; the result replaces the chapter only if it ran,
+    then :func:`clean_executed` strips run metadata. Returns ``{chapter: problems}`` for any with problems.
+    """
+    import logging
+    import tempfile
+    import time
+
+    import papermill as pm
+
+    logging.getLogger("papermill").setLevel(logging.ERROR)
+    out = {}
+    for nb in chapters(notebooks):
+        if only and nb.name[:2] not in only and nb.stem not in only:
+            continue
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            executed = Path(tmp) / nb.name
+            try:
+                pm.execute_notebook(str(nb), str(executed), cwd=str(nb.parent), progress_bar=False, log_output=False,
+                                    kernel_name="python3")
+            except pm.PapermillExecutionError as exc:
+                raise ChapterFailed(f"chapter {nb.stem} failed in cell [{exc.exec_count}] with {exc.ename}: "
+                                    f"{exc.evalue}; the chapter was left as it was") from None
+            problems = clean_executed(executed)
+            nb.write_text(executed.read_text())
+        log(f"{nb.stem:<34s} {time.perf_counter() - t0:6.1f} s" + (f"  PROBLEMS: {problems}" if problems else ""))
+        if problems:
+            out[nb.stem] = problems
+    return out

@@ -217,6 +217,12 @@ class OnTheFlyDataset(CompositeDataset):
         self._pyramids, self._inv = None, {}
 
     def read(self, c: Composite, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Composite ``c`` built afresh for the current epoch, written into ``out`` if given.
+
+        The box is drawn from ``(seed, epoch, bg, fg, flip, k)``. Returns uint8 HWC arrays as
+        :meth:`CompositeDataset.read` does: ``fg_bg``, ``bg`` (S, S, 3) RGB 0-255, ``mask`` (S, S) alpha
+        0-255 and ``depth`` (S, S) relative inverse depth 0-255 (255 = nearest).
+        """
         from .depth import normalise, paste_person_depth, scene_inverse_depth
         from .overlay import composite, fit_box, pyramids_for
 
@@ -326,6 +332,7 @@ class EpochBatchSampler(Sampler):
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Yield epoch ``epoch``'s order next, skipping its first ``start_batch`` batches (to resume mid-epoch)."""
         self.epoch, self.start_batch = epoch, start_batch
 
     def _indices(self) -> list[int]:

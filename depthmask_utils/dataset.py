@@ -99,6 +99,10 @@ class Composite:
 
     @classmethod
     def from_row(cls, row: dict) -> "Composite":
+        """A manifest row (dict of strings) as a Composite; empty or absent depth columns become None.
+
+        Raises KeyError or ValueError on a missing column or a non-integer field.
+        """
         ints = {k: int(row[k]) for k in ("bg", "fg", "flip", "k", "x", "y", "w", "h")}
         lo, hi = row.get("depth_lo"), row.get("depth_hi")
         return cls(id=row["id"], shard=row["shard"], depth_lo=float(lo) if lo not in (None, "") else None,
@@ -151,10 +155,12 @@ class Split:
         return [c for c in composites if self.group(c) in parts]
 
     def as_dict(self) -> dict:
+        """The fields as a JSON-ready dict, tuples as lists (what ``split.json`` holds)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Split":
+        """Inverse of :meth:`as_dict`: lists become tuples again."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -251,6 +257,9 @@ def _verify_shard(task: tuple) -> list[str]:
 
 @dataclass
 class VerifyReport:
+    """What :func:`verify` found: composites and shards checked, whether depth labels were
+    checked, and ``problems``, one message per problem naming its file or member.
+    """
     composites: int
     shards: int
     depth_checked: bool
@@ -258,6 +267,7 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
+        """True when verify found no problems."""
         return not self.problems
 
     def __repr__(self) -> str:

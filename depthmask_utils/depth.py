@@ -42,6 +42,7 @@ from .backgrounds import center_crop_box
 from .dataset import DATASET_JSON, LABELS_MEMBER, MANIFEST_CSV, load_prepared, member, member_pattern
 from .errors import DatasetError, TeacherUnavailable
 from .parallel import run_tasks
+from .sample import read_depth_mm
 from .storage import (MANIFEST_FIELDS, atomic_write_json, decode_image, encode_png, open_shard, read_json,
                       read_manifest, remove_stale_temporaries, rows_by_shard, write_manifest, write_shard)
 
@@ -50,6 +51,10 @@ MODES = ("per-composite", "bg-plus-foreground")
 
 @dataclass(frozen=True)
 class TeacherSpec:
+    """A depth teacher: hub id (None for the exact ``scene`` depth), model family, per-channel
+    ``mean`` and ``std`` for 0-1 RGB input, the multiple the input side must be, licence and, for
+    models that accept only one size, ``fixed_input``.
+    """
     name: str
     hub_id: str | None
     family: str  # "depth_anything", "dpt" or "scene"
@@ -140,6 +145,7 @@ class HFTeacher:
 
     @property
     def name(self) -> str:
+        """The teacher's name, a key of :data:`TEACHERS`."""
         return self.spec.name
 
     def preprocess(self, images: np.ndarray):
@@ -156,6 +162,11 @@ class HFTeacher:
         return (x.clamp(0, 1) - self.mean) / self.std
 
     def predict(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) RGB -> float32 (N, H, W) relative inverse depth (larger = nearer), model units.
+
+        Runs at the square ``input_size`` (fp16 autocast on CUDA by default), resizes bilinearly back
+        to (H, W), and adds N to ``calls``.
+        """
         import torch
         import torch.nn.functional as F
 
@@ -220,7 +231,7 @@ def scene_inverse_depth(dataset: str | Path, bg: int, size: int) -> np.ndarray:
     if not depth_path.exists():
         raise TeacherUnavailable(f"{depth_path}: exact depth not found - teacher 'scene' works only on "
                                  "backgrounds made by `python -m depthmask_utils sample`; use a network teacher")
-    z = np.asarray(Image.open(depth_path), dtype=np.float32) / 1000.0
+    z = read_depth_mm(depth_path)
     inv = Image.fromarray(1.0 / np.maximum(z, 1e-3), "F")
     return np.asarray(inv.resize((size, size), Image.BILINEAR, box=center_crop_box(*inv.size)), dtype=np.float32)
 
@@ -265,6 +276,9 @@ def denormalise(png: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 @dataclass
 class LabelResult:
+    """Summary of :func:`label_depth`: teacher, mode and weights used, composites in the dataset,
+    shards labelled and images the teacher saw in this call, and the labelling time in seconds.
+    """
     teacher: str
     mode: str
     weights: str

@@ -261,6 +261,9 @@ class _Exported(torch.nn.Module):
         self.model = model
 
     def forward(self, fg_bg: torch.Tensor, bg: torch.Tensor):
+        """fg_bg, bg: float (N, 3, H, W) in 0..1; returns (mask probability, depth), each float
+        (N, 1, H, W) in 0..1 (depth: relative inverse depth, 1 = nearest).
+        """
         out = self.model(fg_bg, bg)
         return torch.sigmoid(out["mask"]), out["depth"]
 

@@ -97,6 +97,10 @@ class MultiTaskLoss(nn.Module):
 
     def forward(self, out: dict[str, torch.Tensor], mask: torch.Tensor,
                 depth: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """out: the model's dict, ``mask`` logits and ``depth`` (N, 1, H, W); mask, depth: targets
+        (N, 1, H, W) in 0..1. Returns (total, {"mask": float, "depth": float}): the scalar loss to
+        backpropagate and the unweighted parts as Python floats.
+        """
         lm = mask_loss(out["mask"].float(), mask)
         ld = self.depth_fn(out["depth"].float(), depth)
         if self.log_vars is None:

@@ -35,6 +35,7 @@ class Normalise(nn.Module):
             self.register_buffer(f"{cat}_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fg_bg, bg: float (N, 3, H, W) in 0..1; returns both normalised per channel, same shape."""
         return (fg_bg - self.fg_bg_mean) / self.fg_bg_std, (bg - self.bg_mean) / self.bg_std
 
 
@@ -52,6 +53,10 @@ class Up(nn.Module):
         self.block = conv_block(cin + cskip, cout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """x: (N, cin, h, w), skip: (N, cskip, H, W); returns (N, cout, H, W).
+
+        ``x`` is resized bilinearly to the skip's (H, W) before the concatenation.
+        """
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         return self.block(torch.cat([x, skip], 1))
 
@@ -68,6 +73,9 @@ class Heads(nn.Module):
         nn.init.constant_(self.mask[-1].bias, math.log(0.05 / 0.95))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: features (N, cin, H, W); returns dict with ``mask`` logits (N, 1, H, W) and ``depth``
+        (N, 1, H, W) in 0..1 (sigmoid).
+        """
         return {"mask": self.mask(x), "depth": torch.sigmoid(self.depth(x))}
 
 
@@ -101,6 +109,9 @@ class SmallUNet(nn.Module):
         return torch.cat(parts, 1)
 
     def forward(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> dict[str, torch.Tensor]:
+        """fg_bg, bg: float (N, 3, H, W) in 0..1, H and W multiples of ``2**levels``; returns dict with
+        ``mask`` logits (N, 1, H, W) and ``depth`` (N, 1, H, W) in 0..1 (1 = nearest).
+        """
         x = self.stem_input(fg_bg, bg)
         skips = []
         for i, block in enumerate(self.down):
@@ -156,6 +167,9 @@ class ResNetUNet(nn.Module):
         self.heads = Heads(decoder[-1])
 
     def forward(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> dict[str, torch.Tensor]:
+        """fg_bg, bg: float (N, 3, H, W) in 0..1, H and W multiples of 32; returns dict with
+        ``mask`` logits (N, 1, H, W) and ``depth`` (N, 1, H, W) in 0..1 (1 = nearest).
+        """
         a, b = self.norm(fg_bg, bg)
         x0 = torch.cat([a, b], 1)
         x1 = self.stem(x0)

@@ -82,6 +82,7 @@ class Floor:
 
     @property
     def usable(self) -> bool:
+        """True when at least ``MIN_FLOOR_SHARE`` (1 %) of the frame is floor; otherwise placement is uniform."""
         return self.mask.mean() >= MIN_FLOOR_SHARE
 
 
@@ -297,6 +298,9 @@ def composite(bg: np.ndarray, fgp: np.ndarray, x: int, y: int) -> tuple[np.ndarr
 
 
 def pyramids_for(fgs: list[np.ndarray], size: int, scale: tuple[float, float]) -> list[ForegroundPyramid]:
+    """One :class:`ForegroundPyramid` per uint8 (H, W, 4) foreground (straight alpha, channel order kept),
+    its levels covering every height a placement at ``size`` and ``scale`` can ask for (perspective too).
+    """
     lo, hi = perspective_range(scale)  # covers uniform heights too
     max_h, min_h = int(np.ceil(hi * size)) + 1, int(lo * size * 0.5)
     return [ForegroundPyramid(f, max_h, min_h) for f in fgs]
@@ -339,6 +343,9 @@ def _write_one_shard(task: tuple[str, int, list[dict]]) -> int:
 
 @dataclass
 class GenerateResult:
+    """Summary of :func:`generate`: output folder, composites and shards in the dataset, shards written
+    by this call (0 when all were done), input counts, and the skipped inputs with their reasons.
+    """
     out: Path
     composites: int
     shards: int

@@ -72,6 +72,10 @@ class Box:
 
 @dataclass
 class Room:
+    """One room drawn by :func:`random_room`, in metres: x across (centred on 0), y up (floor at 0), z away
+    from the camera. Colours are linear RGB in 0..1. The camera sits at ``cam_pos``, turned by ``yaw``
+    and tilted down by ``pitch`` (radians), with horizontal field of view ``fov_deg`` (degrees).
+    """
     width: float
     height: float
     depth: float

@@ -34,10 +34,12 @@ PLACEMENT_FIELDS = ["placement", "foot_x", "foot_y"]  # floor or uniform; the fo
 
 
 def shard_name(bg: int) -> str:
+    """File name of background ``bg``'s shard, e.g. ``bg_007.zip``."""
     return f"bg_{bg:03d}.zip"
 
 
 def composite_id(fg: int, bg: int, flip: int, k: int) -> str:
+    """Id of the composite of ``fg`` on ``bg``, ``flip`` and placement ``k``, e.g. ``fg_bg_012_007_1_03``."""
     return f"fg_bg_{fg:03d}_{bg:03d}_{flip}_{k:02d}"
 
 
@@ -74,15 +76,20 @@ def remove_stale_temporaries(folder: str | Path) -> int:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary name in the same folder, then a rename, so
+    ``path`` holds either its old content or all of ``data``, never part.
+    """
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
+    """Write ``obj`` as indented JSON with a final newline, atomically like :func:`atomic_write_bytes`."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def read_json(path: str | Path) -> dict:
+    """Parse the JSON file ``path``; a missing file or invalid JSON becomes a DatasetError naming it."""
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -217,6 +224,7 @@ class ShardReader:
         self._zf = None
 
     def namelist(self) -> list[str]:
+        """Member names, in the order of the zip's central directory."""
         return list(self._index)
 
     def read(self, name: str) -> bytes:
@@ -237,6 +245,7 @@ class ShardReader:
         return data
 
     def close(self) -> None:
+        """Close the file descriptor (and the zipfile fallback, if one was opened)."""
         os.close(self._fd)
         if self._zf is not None:
             self._zf.close()
@@ -249,6 +258,9 @@ class ShardReader:
 
 
 def write_manifest(path: str | Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    """Write ``rows`` as CSV with columns ``fields`` (default MANIFEST_FIELDS; other keys are dropped),
+    atomically: a temporary name, then a rename.
+    """
     fields = fields or MANIFEST_FIELDS
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")

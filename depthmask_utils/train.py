@@ -82,12 +82,16 @@ class TrainConfig:
         return self.sizes[min(len(self.sizes) - 1, epoch * len(self.sizes) // max(1, self.epochs))]
 
     def identity(self) -> dict:
+        """The fields that decide the weights (all but ``RUNTIME``), JSON-ready with ``sizes`` as a list:
+        what ``config.json`` records and a resume must match.
+        """
         d = asdict(self)
         d["sizes"] = list(self.sizes)
         return {k: v for k, v in d.items() if k not in self.RUNTIME}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """A config from a dict such as ``config.json``'s; unknown keys are ignored, ``sizes`` becomes a tuple."""
         names = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
         if "sizes" in d:
@@ -97,6 +101,9 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: the run folder, one history row per epoch, the final step, seconds
+    spent by this call, the step it resumed from (0 if fresh) and the trainable parameter count.
+    """
     run: Path
     history: list
     steps: int
@@ -106,6 +113,7 @@ class TrainResult:
 
     @property
     def final(self) -> dict:
+        """The last epoch's history row (losses, learning rate, validation metrics), or {} before any epoch."""
         return self.history[-1] if self.history else {}
 
     def __repr__(self) -> str:
@@ -117,6 +125,9 @@ class TrainResult:
 # --------------------------------------------------------------------------- helpers
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """``"auto"``: CUDA if available, else CPU; ``"cuda"``: GPU ``local_rank`` (RunError if there is
+    none); any other name as given.
+    """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":

@@ -154,3 +154,34 @@ def test_run_executes_a_real_chapter_and_reports(tmp_path, capsys):
     assert str(tmp_path / "data") in "".join(injected[0]["source"])
     report = (tmp_path / "report.md").read_text()
     assert "profile `sample`" in report and "| 00_setup |" in report
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name[:2])
+def test_committed_chapter_is_clean(path):
+    """What the book shows: no stderr or error output, no run metadata or timestamps, under 1 MB."""
+    nb = json.loads(path.read_text())
+    assert "papermill" not in nb["metadata"]
+    assert path.stat().st_size < 1_000_000
+    for i, c in enumerate(nb["cells"]):
+        meta = c.get("metadata", {})
+        assert "execution" not in meta and "papermill" not in meta, f"cell {i} keeps run metadata"
+        assert "injected-parameters" not in meta.get("tags", [])
+        assert "NBVAL" not in "".join(c["source"]), f"cell {i}: nbval markers belong in cell tags"
+        for o in c.get("outputs", []):
+            assert o.get("output_type") != "error" and o.get("name") != "stderr", f"cell {i} shows {o}"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code" and "colab-install" not in c["metadata"].get("tags", [])]
+    assert all(c.get("execution_count") for c in code[1:]), "commit the outputs of a full run"
+
+
+def test_clean_executed_strips_run_metadata(tmp_path):
+    nb = _notebook([("x = 1", ["injected-parameters"]), ("y = 2", [])])
+    nb["metadata"]["papermill"] = {"input_path": "/home/me/secret"}
+    nb["cells"][1]["metadata"]["execution"] = {"iopub.status.busy": "2026-01-01"}
+    nb["cells"][1]["outputs"] = [{"output_type": "stream", "name": "stderr", "text": "10%|#"}]
+    p = tmp_path / "n.ipynb"
+    p.write_text(json.dumps(nb))
+    problems = course.clean_executed(p)
+    cleaned = json.loads(p.read_text())
+    assert problems == ["cell 0: stream stderr"]
+    assert "papermill" not in cleaned["metadata"] and len(cleaned["cells"]) == 1
+    assert "execution" not in cleaned["cells"][0]["metadata"]

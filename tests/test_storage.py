@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from depthmask_utils.errors import DatasetError
-from depthmask_utils.storage import (atomic_write_bytes, decode_image, decode_png_gray, encode_jpeg_bgr, encode_png,
-                                     open_shard, write_shard)
+from depthmask_utils.storage import (ShardReader, atomic_write_bytes, decode_image, decode_png_gray, encode_jpeg_bgr,
+                                     encode_png, open_shard, remove_stale_temporaries, write_shard)
 
 
 def test_fast_png_is_lossless_and_readable_by_pil():
@@ -26,18 +26,49 @@ def test_jpeg_bgr_matches_pil_decoding():
 
 
 def test_shards_are_reproducible_and_atomic(tmp_path):
-    members = [("a/x.png", b"123"), ("b/y.jpg", b"4567")]
-    write_shard(tmp_path / "one.zip", members)
-    write_shard(tmp_path / "two.zip", iter(members))
-    assert (tmp_path / "one.zip").read_bytes() == (tmp_path / "two.zip").read_bytes()
+    members = [("a/x.png", b"123"), ("b/y.jpg", b"4567"), ("c/z.bin", bytes(range(256)) * 50)]
+    one, two = tmp_path / "one.zip", tmp_path / "two.zip"
+    assert write_shard(one, members) == 3
+    write_shard(two, (m for m in members))  # a generator: consumed lazily, same bytes
+    assert one.read_bytes() == two.read_bytes()
+    with ShardReader(one) as reader:
+        assert reader.namelist() == [name for name, _ in members]
+        assert [reader.read(name) for name, _ in members] == [data for _, data in members]
+    with open_shard(two) as zf:
+        assert [zf.read(name) for name, _ in members] == [data for _, data in members]
 
-    def boom():
-        yield "a", b"1"
+    seen = {}
+
+    def dies(target):
+        yield members[0]
+        yield members[2]
+        # Mid-write: the shard is being written under a temporary name beside the target.
+        seen["during"] = sorted(p.name for p in tmp_path.iterdir())
+        seen["target"] = target.read_bytes() if target.exists() else None
         raise RuntimeError("worker died")
 
-    with pytest.raises(RuntimeError):
-        write_shard(tmp_path / "three.zip", boom())
+    # A new shard that fails: nothing under its final name, and no temporary left behind.
+    three = tmp_path / "three.zip"
+    with pytest.raises(RuntimeError, match="worker died"):
+        write_shard(three, dies(three))
+    temporaries = [n for n in seen["during"] if n not in ("one.zip", "two.zip")]
+    assert len(temporaries) == 1 and temporaries[0].startswith(".three.zip.tmp-")
+    assert seen["target"] is None and not three.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.zip", "two.zip"]
+
+    # A finished shard rewritten by a run that fails keeps its old bytes, during and after.
+    old = one.read_bytes()
+    with pytest.raises(RuntimeError, match="worker died"):
+        write_shard(one, dies(one))
+    assert seen["target"] == old and one.read_bytes() == old
+    with ShardReader(one) as reader:
+        assert reader.read("c/z.bin") == members[2][1]
+
+    # A killed run (no cleanup) leaves its temporary: remove_stale_temporaries deletes it, and only it.
+    (tmp_path / temporaries[0]).write_bytes(b"PK\x03\x04 half a shard")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.zip", "two.zip"]
+    assert one.read_bytes() == old == two.read_bytes()
 
 
 def test_bad_shards_and_members_are_named(tmp_path):
