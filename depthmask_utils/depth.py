@@ -143,6 +143,15 @@ class HFTeacher:
         self.std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
         self.calls = 0
 
+    # The teacher interface, shared with SceneTeacher: ``exact`` teachers know the background's depth
+    # without looking at composites; ``parallel`` ones can run in worker processes (no model to share).
+    exact = False
+    parallel = False
+
+    def background(self, dataset: str | Path, bg: int, size: int) -> np.ndarray:
+        """The teacher's inverse depth of prepared background ``bg``: float32 (size, size)."""
+        return self.predict(load_prepared(dataset, "bg", bg)[None])[0]
+
     @property
     def name(self) -> str:
         """The teacher's name, a key of :data:`TEACHERS`."""
@@ -236,6 +245,36 @@ def scene_inverse_depth(dataset: str | Path, bg: int, size: int) -> np.ndarray:
     return np.asarray(inv.resize((size, size), Image.BILINEAR, box=center_crop_box(*inv.size)), dtype=np.float32)
 
 
+class SceneTeacher:
+    """The sample world's exact depth, behind the same interface as the network teachers.
+
+    It never looks at a composite: the background's inverse depth is known exactly, and the person
+    gets the depth at their foot point (``paste_person_depth``) whichever mode is asked for.
+    """
+
+    spec = TEACHERS["scene"]
+    name = "scene"
+    weights = "exact"
+    input_size = None
+    calls = 0
+    exact = True
+    parallel = True
+
+    def background(self, dataset: str | Path, bg: int, size: int) -> np.ndarray:
+        """Exact inverse depth (1/m) of prepared background ``bg``: float32 (size, size)."""
+        return scene_inverse_depth(dataset, bg, size)
+
+
+def make_teacher(name: str, weights: str = "pretrained", path: str | Path | None = None, device: str | None = None,
+                 input_size: int = 518) -> "HFTeacher | SceneTeacher":
+    """The teacher called ``name``: :class:`SceneTeacher` for ``scene``, else :func:`load_teacher`."""
+    if name == SceneTeacher.name:
+        return SceneTeacher()
+    import torch
+
+    return load_teacher(name, weights, path, device or ("cuda" if torch.cuda.is_available() else "cpu"), input_size)
+
+
 # --------------------------------------------------------------------------- labelling rules
 
 def foot_point(mask: np.ndarray, threshold: int = 128) -> tuple[int, int] | None:
@@ -299,32 +338,35 @@ def _read_labels_member(zf) -> dict | None:
     return {"teacher": rows[0]["teacher"] if rows else "", "mode": rows[0]["mode"] if rows else "", "rows": rows}
 
 
-def _bg_image(dataset: Path, bg: int) -> np.ndarray:
-    return load_prepared(dataset, "bg", bg)
+@dataclass
+class ShardJob:
+    """One shard to label: what a worker process needs, and nothing else."""
+    dataset: Path
+    shard: str
+    rows: list
+    teacher: "HFTeacher | SceneTeacher"
+    mode: str
+    size: int
+    batch_size: int
 
 
-def label_shard(dataset: Path, shard: str, rows: list[dict], teacher, mode: str, size: int,
-                batch_size: int) -> tuple[list[tuple[str, bytes]], list[dict]]:
+def label_shard(job: ShardJob) -> tuple[list[tuple[str, bytes]], list[dict]]:
     """Depth members and label records for one shard (does not write)."""
-    zf = open_shard(dataset / shard)
-    with zf:
-        bg = int(rows[0]["bg"])
-        labels: list[tuple[str, bytes]] = []
-        records = []
-        if teacher == "scene" or mode == "bg-plus-foreground":
-            if teacher == "scene":
-                bg_inv = scene_inverse_depth(dataset, bg, size)
-            else:
-                bg_inv = teacher.predict(_bg_image(dataset, bg)[None])[0]
-            raws = (paste_person_depth(bg_inv, decode_image(zf.read(member("mask", r["id"])), f"{shard}:{member('mask', r['id'])}"))
-                    for r in rows)
+    rows, teacher, shard = job.rows, job.teacher, job.shard
+    labels: list[tuple[str, bytes]] = []
+    records = []
+    with open_shard(job.dataset / shard) as zf:
+        def read(category: str, row: dict) -> np.ndarray:
+            name = member(category, row["id"])
+            return decode_image(zf.read(name), f"{shard}:{name}")
+
+        if teacher.exact or job.mode == "bg-plus-foreground":
+            bg_inv = teacher.background(job.dataset, int(rows[0]["bg"]), job.size)
+            raws = (paste_person_depth(bg_inv, read("mask", r)) for r in rows)
         else:
             def batched():
-                for i in range(0, len(rows), batch_size):
-                    chunk = rows[i:i + batch_size]
-                    imgs = np.stack([decode_image(zf.read(member("fg_bg", r["id"])), f"{shard}:{member('fg_bg', r['id'])}")
-                                     for r in chunk])
-                    yield from teacher.predict(imgs)
+                for i in range(0, len(rows), job.batch_size):
+                    yield from teacher.predict(np.stack([read("fg_bg", r) for r in rows[i:i + job.batch_size]]))
             raws = batched()
         for r, raw in zip(rows, raws):
             png, lo, hi = normalise(raw)
@@ -333,18 +375,18 @@ def label_shard(dataset: Path, shard: str, rows: list[dict], teacher, mode: str,
     return labels, records
 
 
-def _relabel_shard(task: tuple) -> int:
+def _relabel_shard(job: ShardJob) -> int:
     """Label one shard and rewrite it atomically with its depth members and labels record."""
-    dataset, shard, rows, model, teacher, mode, used_weights, size, batch_size = task
-    labels, records = label_shard(dataset, shard, rows, model, mode, size, batch_size)
-    with open_shard(dataset / shard) as zf:
+    labels, records = label_shard(job)
+    with open_shard(job.dataset / job.shard) as zf:
         keep = [(n, zf.read(n)) for n in zf.namelist() if not n.startswith("depth/")]
     buf = io.StringIO()
     w = csv.DictWriter(buf, ["id", "depth_lo", "depth_hi", "teacher", "mode", "weights"], lineterminator="\n")
     w.writeheader()
-    w.writerows({**rec, "teacher": teacher, "mode": mode, "weights": used_weights} for rec in records)
-    write_shard(dataset / shard, keep + labels + [(LABELS_MEMBER, buf.getvalue().encode())])
-    return len(rows)
+    w.writerows({**rec, "teacher": job.teacher.name, "mode": job.mode, "weights": job.teacher.weights}
+                for rec in records)
+    write_shard(job.dataset / job.shard, keep + labels + [(LABELS_MEMBER, buf.getvalue().encode())])
+    return len(job.rows)
 
 
 def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plus-foreground",
@@ -380,24 +422,17 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
             continue
         todo.append(shard)
 
-    model = None
-    if teacher != "scene" and todo:
-        if teacher_model is not None:
-            model = teacher_model
-        else:
-            import torch
-
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model = load_teacher(teacher, weights, teacher_path, device, input_size)
-    used_weights = "exact" if teacher == "scene" else (model.weights if model else weights)
-    tasks = [(dataset, shard, by_shard[shard], model or "scene", teacher, mode, used_weights, size, batch_size)
-             for shard in todo]
+    model = None  # loaded only if there is work: a finished dataset needs no download
+    if todo:
+        model = teacher_model or make_teacher(teacher, weights, teacher_path, device, input_size)
+    used_weights = model.weights if model else ("exact" if teacher == SceneTeacher.name else weights)
+    tasks = [ShardJob(dataset, shard, by_shard[shard], model, mode, size, batch_size) for shard in todo]
     t0 = time.perf_counter()
     with tqdm(total=len(rows), initial=len(rows) - sum(len(by_shard[s]) for s in todo), unit="img",
               desc=f"depth ({teacher})", disable=not progress) as bar:
         # The exact depth needs no model, so shards are labelled in parallel; a network teacher
         # stays in this process, on its device, batching within each shard.
-        for n in run_tasks(_relabel_shard, tasks, None if teacher == "scene" else 1, ordered=False):
+        for n in run_tasks(_relabel_shard, tasks, None if model is None or model.parallel else 1, ordered=False):
             bar.update(n)
     seconds = time.perf_counter() - t0
 
@@ -423,7 +458,7 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
     visible = person_visibility(dataset, rows)
     info = read_json(dataset / DATASET_JSON)
     info["depth"] = {"teacher": teacher, "mode": mode, "weights": used_weights,
-                     "input_size": None if teacher == "scene" else (model.input_size if model else input_size),
+                     "input_size": model.input_size if model else (None if teacher == SceneTeacher.name else input_size),
                      "member": member_pattern("depth"),
                      "encoding": "uint8 PNG of relative inverse depth, normalised per image (255 = nearest); "
                                  "raw = depth_lo + png/255 * (depth_hi - depth_lo), columns in manifest.csv",
@@ -519,7 +554,7 @@ def compare_modes(dataset: str | Path, teacher: HFTeacher, n: int = 8, seed: int
     t_per, calls_per = time.perf_counter() - t0, teacher.calls - c0
     t0, c0 = time.perf_counter(), teacher.calls
     bgs = sorted({int(r["bg"]) for r in pick})
-    bg_inv = dict(zip(bgs, teacher.predict(np.stack([_bg_image(dataset, b) for b in bgs]))))
+    bg_inv = dict(zip(bgs, teacher.predict(np.stack([load_prepared(dataset, "bg", b) for b in bgs]))))
     foot = np.stack([paste_person_depth(bg_inv[int(r["bg"])], m) for r, m in zip(pick, masks)])
     t_foot, calls_foot = time.perf_counter() - t0, teacher.calls - c0
 

@@ -98,7 +98,8 @@ def test_scene_labels_resume_and_verify(dataset):
 def test_resume_after_a_partial_labelling(dataset):
     rows = read_manifest(dataset / "manifest.csv")
     shard0 = [r for r in rows if r["bg"] == "0"]
-    members, records = D.label_shard(dataset, "shards/bg_000.zip", shard0, "scene", "bg-plus-foreground", 64, 8)
+    members, records = D.label_shard(D.ShardJob(dataset, "shards/bg_000.zip", shard0, D.SceneTeacher(),
+                                                  "bg-plus-foreground", 64, 8))
     with zipfile.ZipFile(dataset / "shards" / "bg_000.zip") as zf:
         keep = [(n, zf.read(n)) for n in zf.namelist()]
     csv_text = "id,depth_lo,depth_hi,teacher,mode,weights\n" + "".join(
@@ -165,3 +166,15 @@ def test_regenerating_a_labelled_shard_withdraws_the_depth_claim(dataset, world)
     assert verify(dataset, workers=1).ok  # consistent: no depth claimed, none required
     r = D.label_depth(dataset, "scene", progress=False)
     assert r.shards_labelled == 1 and verify(dataset, workers=1).ok
+
+
+def test_teachers_share_one_interface(dataset):
+    """The exact scene teacher and a network teacher answer the same questions."""
+    scene = D.make_teacher("scene")
+    net = D.load_teacher("depth-anything-v2-small", weights="random", tiny=True, input_size=28)
+    for t in (scene, net):
+        inv = t.background(dataset, 0, 64)
+        assert inv.shape == (64, 64) and inv.dtype == np.float32 and np.isfinite(inv).all()
+        assert {"name", "weights", "exact", "parallel", "input_size"} <= set(dir(t))
+    assert scene.exact and scene.parallel and not net.exact and not net.parallel
+    assert np.allclose(scene.background(dataset, 0, 64), D.scene_inverse_depth(dataset, 0, 64))
