@@ -63,12 +63,25 @@ def is_plain_backdrop(rgb: np.ndarray, tolerance: int = DEFAULT_TOLERANCE, min_f
 
 def fuzzy_select(rgb: np.ndarray, tolerance: int = DEFAULT_TOLERANCE, min_hole: int = 12) -> np.ndarray:
     """GIMP's fuzzy select, clicked on the backdrop all around the border, then shift-clicked in
-    every enclosed hole (the gap between a hand on the hip and the body).
+    every enclosed hole of at least ``min_hole`` pixels (the gap between an arm and the body).
 
-    A pixel is selected if its colour is within ``tolerance`` (max over channels, 0..255) of the
-    backdrop colour *and* its connected region of such pixels touches the border or has at least
-    ``min_hole`` pixels - so a few backdrop-coloured pixels inside the figure (a button, a
-    highlight) stay. ``min_hole=0`` gives the border-only flood fill.
+    Two rules, applied to the pixels whose colour is within ``tolerance`` of the backdrop colour
+    (largest per-channel difference, 0..255; the backdrop colour is the median of the border ring):
+
+    1. flood fill seeded on the border: every such pixel 4-connected to the border is selected.
+       It only reaches backdrop-coloured pixels that touch the border through other
+       backdrop-coloured pixels - a backdrop-coloured shirt that reaches the person's outline is
+       reached (and cleared) too, whatever ``min_hole`` is;
+    2. the hole rule (GIMP's shift-click): an enclosed region of such pixels is selected as well if
+       it has at least ``min_hole`` pixels. So a few backdrop-coloured pixels inside the figure (a
+       button, a highlight) stay, but a backdrop-coloured patch of ``min_hole`` pixels or more is
+       cut out of the person exactly like a real gap. ``min_hole=0`` switches the rule off: the
+       border-only flood fill, which keeps every enclosed region (and leaves real gaps opaque).
+
+    Args:
+        rgb: uint8 (H, W, 3) or (H, W, 4); alpha, if any, is ignored.
+        tolerance: 0..255; higher selects colours farther from the backdrop.
+        min_hole: smallest enclosed region (pixels) the hole rule selects; 0 = never.
 
     Returns:
         bool (H, W), True = backdrop.
@@ -76,11 +89,27 @@ def fuzzy_select(rgb: np.ndarray, tolerance: int = DEFAULT_TOLERANCE, min_hole: 
     diff = np.abs(rgb[..., :3].astype(np.int16) - backdrop_color(rgb).astype(np.int16)).max(axis=-1)
     labels, n = ndimage.label(diff <= tolerance)  # 4-connectivity, as a flood fill
     keep = np.zeros(n + 1, bool)
-    keep[np.unique(border_pixels(labels[..., None])[:, 0])] = True
-    if min_hole > 0:
+    keep[np.unique(border_pixels(labels[..., None])[:, 0])] = True  # rule 1: regions touching the border
+    if min_hole > 0:  # rule 2: large enclosed regions
         keep |= np.bincount(labels.ravel(), minlength=n + 1) >= min_hole
     keep[0] = False  # label 0 = pixels unlike the backdrop
     return keep[labels]
+
+
+def tolerance_scan(rgb: np.ndarray, tolerances, reference: int = DEFAULT_TOLERANCE,
+                   min_hole: int = 12) -> np.ndarray:
+    """How much of the person survives each fuzzy-select tolerance.
+
+    The person is what ``fuzzy_select(rgb, reference)`` leaves unselected. For every tolerance the
+    result is the share of those pixels that are still unselected: 1.0 = nothing lost; a value well
+    below 1 means the flood fill has leaked into the person.
+
+    Returns:
+        float64 (len(tolerances),) in 0..1.
+    """
+    person = ~fuzzy_select(rgb, reference, min_hole)
+    total = max(int(person.sum()), 1)  # an all-backdrop photo: avoid 0/0
+    return np.array([(person & ~fuzzy_select(rgb, t, min_hole)).sum() / total for t in tolerances])
 
 
 def clear_selection(rgba: np.ndarray, selection: np.ndarray, feather: float = 0.7) -> np.ndarray:

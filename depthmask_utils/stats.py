@@ -7,8 +7,14 @@ below are exact (to float64 at the final division) for any dataset size. PIL com
 image's histogram in C, which keeps the pass fast.
 
 The reference write-ups averaged per-batch stds instead; :func:`batch_averaged` reproduces that
-from the same histograms to show how far off it is (the mean of the batch stds misses the
-between-batch variance, so it is always too small).
+from the same histograms to show how far off it is. It can never come out larger than the exact
+std: by the law of total variance, total variance = mean of the per-batch variances + variance
+of the per-batch means, so the mean batch variance misses the second term; and the mean of the
+batch stds is at most the square root of the mean batch variance (Jensen: sqrt is concave). The
+two agree only when there is one batch, or every batch has the same mean and spread. With one
+room per batch (one shard per background) the between-batch term is the between-room variance,
+which for depth is large. :func:`image_histograms` and :func:`batched_std` redo the
+approximation for any batching (one batch of everything, shuffled batches) without re-reading.
 
 Categories (values on the 0..1 scale): ``bg`` (prepared backgrounds), ``fg`` (foregrounds over
 their opaque pixels, alpha >= 128), ``fg_bg`` (composites), ``mask``, ``depth``.
@@ -140,7 +146,12 @@ class DatasetStats:
 
 
 def batch_averaged(moments: list[tuple[list[float], list[float]]]) -> dict:
-    """Mean of per-batch means and of per-batch stds: the approximation the reference scripts used."""
+    """Mean of per-batch means and of per-batch stds: the approximation the reference scripts used.
+
+    ``moments``: one ``(means, stds)`` pair per batch, each a list with one value per channel
+    (0..1 scale). The mean of the means is exact for equal-sized batches; the mean of the stds
+    is never larger than the exact std (see the module docstring).
+    """
     m = np.mean([b[0] for b in moments], axis=0)
     s = np.mean([b[1] for b in moments], axis=0)
     return {"mean": [float(x) for x in m], "std": [float(x) for x in s]}
@@ -181,3 +192,46 @@ def load_stats(dataset: str | Path) -> dict:
     if not path.exists():
         raise DatasetError(f"{path}: missing - run `python -m depthmask_utils stats {dataset}` first")
     return read_json(path)
+
+
+def _shard_image_hists(task: tuple[str, list[str], str]) -> np.ndarray:
+    shard, ids, category = task
+    with open_shard(shard) as zf:
+        return np.stack([image_hist(zf.read(member(category, cid)), f"{shard}:{member(category, cid)}")
+                         for cid in ids])
+
+
+def image_histograms(dataset: str | Path, category: str = "depth",
+                     workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One histogram per stored image of ``category`` (``fg_bg``, ``mask`` or ``depth``).
+
+    Returns ``(hists, rooms)``: int64 ``(N, C, 256)`` in manifest order (C = 3 for fg_bg, else 1)
+    and int ``(N,)``, each image's background index. Kept per image (not summed) so that
+    :func:`batched_std` can regroup them into any batches without decoding again.
+    """
+    dataset = Path(dataset)
+    if category not in ("fg_bg", "mask", "depth"):
+        raise ValueError(f"category must be fg_bg, mask or depth, not {category!r}")
+    rows = read_manifest(dataset / "manifest.csv")
+    groups = sorted(rows_by_shard(rows).items())
+    tasks = [(str(dataset / s), [r["id"] for r in rs], category) for s, rs in groups]
+    hists = np.concatenate(list(run_tasks(_shard_image_hists, tasks, workers)))
+    rooms = np.array([int(r["bg"]) for _, rs in groups for r in rs])
+    return hists, rooms
+
+
+def batched_std(hists: np.ndarray, batch: int, order: np.ndarray | None = None) -> np.ndarray:
+    """The reference approximation for any batching: mean of per-batch stds, per channel (0..1).
+
+    ``hists``: int ``(N, C, 256)`` per-image histograms; images are taken in ``order`` (default:
+    as given) and cut into consecutive batches of ``batch`` images (the last may be smaller, and
+    is weighted like the others, as a per-batch loop would). Returns float64 ``(C,)``.
+    With ``batch >= N`` there is one batch and the result is the exact std.
+    """
+    if order is not None:
+        hists = hists[order]
+    stds = []
+    for start in range(0, len(hists), batch):
+        _, s, _ = moments_from_hist(hists[start:start + batch].sum(0))
+        stds.append(s)
+    return np.mean(stds, axis=0)

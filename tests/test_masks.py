@@ -5,7 +5,7 @@ from PIL import Image
 from depthmask_utils.errors import InputError
 from depthmask_utils.masks import (add_alpha, alpha_bbox, alpha_to_mask, clear_selection, crop_to_alpha,
                                    flip_horizontal, fuzzy_select, is_plain_backdrop, load_foregrounds,
-                                   mask_from_selection, prepare_foreground, validation_table)
+                                   mask_from_selection, prepare_foreground, tolerance_scan, validation_table)
 from depthmask_utils.sample import on_plain_backdrop, pick_backdrop, render_person
 
 
@@ -20,6 +20,31 @@ def test_fuzzy_select_floods_from_border_only():
     assert not fuzzy_select(img, tolerance=10, min_hole=101)[20, 20]
     mask = mask_from_selection(sel)
     assert mask[20, 20] == 255 and mask[0, 0] == 0 and set(np.unique(mask)) == {0, 255}
+
+
+def test_backdrop_coloured_patch_and_shirt():
+    """The hole rule cuts an enclosed backdrop-coloured patch; a patch reaching the outline is
+    flooded from the border whatever min_hole is (chapter 01's failure pictures)."""
+    img = np.full((60, 40, 3), 240, np.uint8)
+    img[5:55, 8:32] = (40, 90, 160)  # a blue "person"
+    patch = img.copy()
+    patch[20:30, 15:25] = 240  # enclosed, 100 px
+    assert fuzzy_select(patch)[25, 20], "default min_hole=12: the patch is cut out like a gap"
+    assert not fuzzy_select(patch, min_hole=0)[25, 20], "border-only flood fill keeps it"
+    assert not fuzzy_select(patch, min_hole=101)[25, 20]
+    shirt = img.copy()
+    shirt[20:30, 8:25] = 240  # reaches the outline on the left
+    assert fuzzy_select(shirt, min_hole=0)[25, 20], "the flood fill walks in from the border"
+
+
+def test_tolerance_scan_finds_the_leak():
+    img = np.full((50, 50, 3), 240, np.uint8)
+    img[10:40, 10:40] = (200, 200, 200)  # light grey shirt, 40 from the backdrop
+    img[20:30, 20:30] = (20, 20, 20)  # dark centre, far from it
+    kept = tolerance_scan(img, [10, 24, 39, 40, 255])
+    assert kept.shape == (5,) and kept[0] == 1 and kept[1] == 1 and kept[2] == 1
+    assert abs(kept[3] - 100 / 900) < 1e-9, "at 40 the grey is flooded, only the dark centre stays"
+    assert kept[4] == 0
 
 
 IOUS = []

@@ -8,8 +8,10 @@ import numpy as np
 from PIL import Image
 
 from depthmask_utils.depth import label_depth
+from depthmask_utils import gallery
 from depthmask_utils.gallery import make_galleries
-from depthmask_utils.stats import batch_averaged, dataset_stats, load_stats, moments_from_hist
+from depthmask_utils.stats import (batch_averaged, batched_std, dataset_stats, image_histograms, load_stats,
+                                   moments_from_hist)
 from depthmask_utils.storage import read_manifest
 
 
@@ -42,7 +44,7 @@ def test_dataset_stats_against_brute_force(dataset):
     assert set(saved) == {"bg", "fg", "fg_bg", "mask", "depth"}
     assert set(saved["fg_bg"]) == {"mean", "std", "count"} and len(saved["fg_bg"]["std"]) == 3
     assert saved["mask"]["count"] == len(rows) * 64 * 64
-    # the reference approximation misses between-batch variance: too small
+    # the reference approximation misses the between-batch variance (one room per batch here): smaller
     assert all(a < e for a, e in zip(st.batch_averaged["fg_bg"]["std"], st.exact["fg_bg"]["std"]))
 
 
@@ -72,3 +74,180 @@ def test_cli_stats_and_gallery(dataset):
     out = subprocess.run([sys.executable, "-m", "depthmask_utils", "stats", str(dataset / "nope")],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "dataset.json: missing" in out.stderr and "Traceback" not in out.stderr
+
+
+# --------------------------------------------------------------------------- batched std (chapter 05)
+
+def _grouped_hists(seed: int = 0, groups: int = 6, per: int = 8) -> np.ndarray:
+    """Per-image histograms (N, 1, 256) of groups with different means, like rooms."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for g in range(groups):
+        centre = 40 + 30 * g
+        for _ in range(per):
+            vals = np.clip(rng.normal(centre, 20, 500), 0, 255).astype(int)
+            out.append(np.bincount(vals, minlength=256)[None])
+    return np.stack(out).astype(np.int64)
+
+
+def test_batched_std_one_batch_is_exact_and_equal_batches_never_larger():
+    h = _grouped_hists()
+    exact = np.array(moments_from_hist(h.sum(0))[1])
+    assert np.allclose(batched_std(h, len(h)), exact, rtol=1e-12)  # one batch: the exact std
+    assert np.allclose(batched_std(h, 10 * len(h)), exact, rtol=1e-12)
+    for b in (1, 2, 4, 8, 16, 24):  # equal-sized batches (48 images): never larger
+        assert np.all(batched_std(h, b) <= exact + 1e-12)
+    # one group per batch misses the between-group variance: clearly smaller
+    assert batched_std(h, 8)[0] < 0.8 * exact[0]
+
+
+def test_batched_std_shuffled_batches_are_closer_and_order_is_applied():
+    h = _grouped_hists()
+    exact = moments_from_hist(h.sum(0))[1][0]
+    order = np.random.default_rng(0).permutation(len(h))
+    by_group, shuffled = batched_std(h, 8)[0], batched_std(h, 8, order)[0]
+    assert abs(shuffled - exact) < abs(by_group - exact) / 3
+    assert np.allclose(batched_std(h[order], 8), batched_std(h, 8, order))
+
+
+def test_batched_std_matches_dataset_stats_per_batch_average(labelled):
+    st = dataset_stats(labelled, workers=1, batch=8, progress=False, write=False)
+    for cat in ("fg_bg", "mask", "depth"):
+        h, rooms = image_histograms(labelled, cat, workers=1)
+        assert h.shape[1:] == ((3, 256) if cat == "fg_bg" else (1, 256)) and len(rooms) == len(h)
+        m, s, n = moments_from_hist(h.sum(0))
+        assert np.allclose(s, st.exact[cat]["std"], rtol=1e-12) and n == st.exact[cat]["count"]
+        # shards hold one room each and 8 divides the composites per room: the same batches
+        assert np.allclose(batched_std(h, 8), st.batch_averaged[cat]["std"], rtol=1e-12)
+        assert np.all(np.diff(rooms) >= 0)  # manifest order: rooms grouped
+
+
+def test_image_histograms_rejects_prepared_categories(built):
+    import pytest
+
+    with pytest.raises(ValueError, match="fg_bg, mask or depth"):
+        image_histograms(built, "bg")
+
+
+# --------------------------------------------------------------------------- galleries (chapter 06)
+
+def test_mask_overlay_tints_only_the_mask():
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[..., 1] = 90  # green: grey value 30
+    mask = np.zeros((4, 4), np.uint8)
+    mask[1, 1] = 255
+    out = gallery.mask_overlay(rgb, mask)
+    assert out.shape == (4, 4, 3) and out.dtype == np.uint8
+    assert (out[0, 0] == 30).all()  # outside the mask: the composite in grey, no colour
+    assert out[1, 1, 0] > 120 and out[1, 1, 0] > out[1, 1, 1] + 80  # inside: red
+
+
+def test_mask_agreement_catches_a_mirrored_mask():
+    bg = np.full((32, 32, 3), 100, np.uint8)
+    person = np.zeros((32, 32), bool)
+    person[4:28, 10:14] = True  # body
+    person[6:9, 14:24] = True  # one arm, to the right only
+    fg_bg = bg.copy()
+    fg_bg[person] = (200, 50, 50)
+    mask = person.astype(np.uint8) * 255
+    assert gallery.mask_agreement(fg_bg, bg, mask) == 1.0
+    box = mask[4:28, 10:24]
+    mirrored = mask.copy()
+    mirrored[4:28, 10:24] = box[:, ::-1]  # the unflipped mask in the same box
+    assert gallery.mask_agreement(fg_bg, bg, mirrored) < 0.5
+    assert gallery.mask_agreement(bg, bg, np.zeros((32, 32), np.uint8)) == 1.0  # nothing, and nothing said
+
+
+def test_load_sample_shows_the_person_as_pasted(labelled):
+    rows = read_manifest(labelled / "manifest.csv")
+    flipped = next(r for r in rows if r["flip"] == "1")
+    s = gallery.load_sample(labelled, flipped)
+    assert set(s) == {"bg", "fg", "fg_bg", "mask", "depth"}
+    plain = gallery.load_item(labelled, "fg", flipped)
+    assert np.array_equal(s["fg"], plain[:, ::-1])  # mirrored like the composite
+    assert s["mask"].ndim == 2 and s["fg_bg"].shape == s["bg"].shape
+    assert gallery.mask_agreement(s["fg_bg"], s["bg"], s["mask"]) > 0.5
+
+
+def _texts(fig):
+    """Every drawn, non-empty text of a figure (titles, captions, colour bar labels) with its extent."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    texts = list(fig.texts) + [ax.title for ax in fig.axes]
+    for ax in fig.axes:
+        if ax.axison:  # image axes are off: their tick labels are not drawn
+            texts += [ax.xaxis.label, ax.yaxis.label] + ax.get_xticklabels() + ax.get_yticklabels()
+    return [(t, t.get_window_extent(r)) for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def _image_axes(fig):
+    return [ax for ax in fig.axes if ax.images]
+
+
+def test_grids_are_readable(labelled):
+    import matplotlib.pyplot as plt
+
+    for cat, n in (("fg_bg", 16), ("mask", 6), ("depth", 8), ("fg", 4)):
+        fig = gallery.category_grid(labelled, cat, n=n)
+        axes = _image_axes(fig)
+        assert len(axes) == n and len({round(a.get_position().x0, 4) for a in axes}) <= gallery.MAX_COLS
+        for ax in axes:  # the longer side: a person (fg) is taller than wide
+            pos = ax.get_position()
+            side_px = max(pos.width * fig.get_figwidth(), pos.height * fig.get_figheight()) * gallery.DPI
+            assert 110 <= side_px <= 160  # thumbnails readable on the page
+        texts = _texts(fig)
+        assert all(t.get_fontsize() >= 8 for t, _ in texts)
+        boxes = [b for _, b in texts]
+        for i, a in enumerate(boxes):  # no title on another title or on an image
+            assert not any(a.overlaps(b) for b in boxes[i + 1:])
+            assert not any(a.overlaps(ax.get_window_extent()) for ax in axes)
+        labels = [ax.get_ylabel() for ax in fig.axes]
+        if cat == "depth":
+            assert any("near = bright" in lab for lab in labels)  # the colour bar says what colours mean
+        if cat == "mask":
+            im = axes[0].images[0]
+            assert im.get_cmap().name == "gray" and im.get_clim() == (0, 255)
+        plt.close(fig)
+
+
+def test_strips_captions_fit_and_do_not_overlap(labelled):
+    import matplotlib.pyplot as plt
+
+    fig = gallery.sample_strips(labelled, n=3)
+    axes = _image_axes(fig)
+    assert len(axes) == 3 * 6  # bg, fg, fg_bg, mask, overlay, depth
+    texts = _texts(fig)
+    assert all(t.get_fontsize() >= 8 for t, _ in texts)
+    fig_box = fig.bbox
+    for i, (t, a) in enumerate(texts):
+        assert a.x0 >= fig_box.x0 - 1 and a.x1 <= fig_box.x1 + 1 and a.y1 <= fig_box.y1 + 1, t.get_text()
+        assert not any(a.overlaps(b) for _, b in texts[i + 1:]), t.get_text()
+        assert not any(a.overlaps(ax.get_window_extent()) for ax in axes), t.get_text()
+    plt.close(fig)
+    rows = read_manifest(labelled / "manifest.csv")
+    fig = gallery.show_strips([gallery.load_sample(labelled, rows[0])], ["x"], columns=["fg_bg", "overlay"])
+    assert len(_image_axes(fig)) == 2
+    plt.close(fig)
+
+
+def test_show_row_colorbar_is_optional():
+    import matplotlib.pyplot as plt
+
+    img = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    fig = gallery.show_row([img, img], ["a", "b"])
+    assert len(fig.axes) == 2
+    plt.close(fig)
+    fig = gallery.show_row([img, img], ["a", "b"], cmap="magma", colorbar=gallery.DEPTH_LABEL)
+    assert len(fig.axes) == 3 and gallery.DEPTH_LABEL in [ax.get_ylabel() for ax in fig.axes]
+    plt.close(fig)
+
+
+def test_saved_galleries_are_readable_size(labelled, tmp_path):
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(labelled, ds)
+    paths = make_galleries(ds, n=12, strips=2)
+    for p in paths:
+        w, h = Image.open(p).size
+        assert w >= 500 and h >= 170, p.name  # at least one row of 128 px thumbnails (not 70 px)
