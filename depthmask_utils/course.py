@@ -158,6 +158,26 @@ class ChapterFailed(Exception):
     """A chapter raised while ``run_course`` executed it; the message names it and its executed copy."""
 
 
+def _kernel_manager():
+    """A Jupyter kernel manager that encrypts kernel traffic where the kernel supports it.
+
+    ipykernel >= 7.3 warns on every start when its sockets run over TCP unencrypted; asking the
+    manager to provision CurveZMQ keys ("auto") removes the warning, and older versions ignore it.
+    """
+    from jupyter_client.manager import KernelManager
+    from traitlets import default
+
+    if "transport_encryption" not in KernelManager.class_trait_names():
+        return KernelManager
+
+    class EncryptedKernelManager(KernelManager):
+        @default("transport_encryption")
+        def _auto(self) -> str:
+            return "auto"
+
+    return EncryptedKernelManager
+
+
 def chapters(notebooks: Path = NOTEBOOKS) -> list[Path]:
     """The chapter notebooks, in order."""
     return sorted(notebooks.glob("[0-9][0-9]_*.ipynb"))
@@ -193,7 +213,8 @@ def run_course(profile: str = "sample", out: str | Path = "executed", only: list
         t0 = time.perf_counter()
         try:
             pm.execute_notebook(str(nb), str(executed), parameters={"profile": profile, "data_root": str(data_root)},
-                                cwd=str(nb.parent), progress_bar=False, log_output=False, kernel_name="python3")
+                                cwd=str(nb.parent), progress_bar=False, log_output=False, kernel_name="python3",
+                                kernel_manager_class=_kernel_manager())
         except pm.PapermillExecutionError as exc:
             log("FAILED")
             raise ChapterFailed(f"chapter {nb.stem} failed in cell [{exc.exec_count}] with {exc.ename}: "
@@ -298,7 +319,7 @@ def refresh_chapters(only: list[str] | None = None, log=print, notebooks: Path =
             executed = Path(tmp) / nb.name
             try:
                 pm.execute_notebook(str(nb), str(executed), cwd=str(nb.parent), progress_bar=False, log_output=False,
-                                    kernel_name="python3")
+                                    kernel_name="python3", kernel_manager_class=_kernel_manager())
             except pm.PapermillExecutionError as exc:
                 raise ChapterFailed(f"chapter {nb.stem} failed in cell [{exc.exec_count}] with {exc.ename}: "
                                     f"{exc.evalue}; the chapter was left as it was") from None

@@ -143,11 +143,12 @@ def test_run_stops_at_the_first_failing_chapter_and_names_it(tmp_path):
     assert "FAILED" in lines
 
 
-def test_run_executes_a_real_chapter_and_reports(tmp_path, capsys):
+def test_run_executes_a_real_chapter_and_reports(tmp_path, capfd):
     from depthmask_utils.cli import main
 
     assert main(["run", "--out", str(tmp_path), "--only", "00"]) == 0
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
+    assert "WARNING" not in err and "Warning" not in err, err  # no kernel or papermill warnings
     assert re.search(r"\[ 1/1\] 00_setup\s+\d+\.\d s", out)
     executed = json.loads((tmp_path / "notebooks" / "00_setup.ipynb").read_text())
     injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
