@@ -518,6 +518,54 @@ def person_visibility(dataset: str | Path, rows: list[dict] | None = None, n: in
     return {"share": round(share, 4), "checked": len(contrast), "margin": margin, "contrast": contrast}
 
 
+def uniform_vs_floor(dataset: str | Path, n: int = 200, seed: int = 0, room_depth=None, margin: float = 0.03) -> dict:
+    """Chapter 04's measurement: does the person stand out in the depth label, placed uniformly vs as stored?
+
+    Re-plans the dataset's own ``(bg, fg, flip, k)`` without floors (boxes anywhere in the frame, by
+    :func:`overlay.build_plan` with the dataset's size, placements, scale and seed), composites and
+    labels ``n`` of them (drawn with ``seed``) by the foot-point rule, and scores each with
+    :func:`person_contrast`; ``n`` of the dataset's own labels are scored the same way
+    (:func:`person_visibility`). ``room_depth(bg) -> float32 (S, S)`` inverse depth of an empty room;
+    default: the sample world's exact depth (:func:`scene_inverse_depth`).
+
+    Returns a dict: ``table`` (DataFrame: composites, share with contrast >= ``margin``, median
+    contrast; rows ``uniform`` and ``this dataset (<placement>)``), ``contrast`` (the same two keys ->
+    pandas Series id -> contrast on the 0-1 scale), ``items`` (id -> uint8 fg_bg (S, S, 3), mask (S, S),
+    label (S, S) of the uniform composites), ``rooms`` (bg -> the room depth used), ``worst`` (id of
+    the lowest uniform contrast) and ``vanished`` (id of the uniform contrast closest to 0).
+    """
+    import pandas as pd
+
+    from .overlay import build_plan, composite, pyramids_for  # here: overlay is the heavier module
+
+    dataset = Path(dataset)
+    info = read_json(dataset / DATASET_JSON)
+    params, counts = info["params"], info["counts"]
+    size = params["size"]
+    room_depth = room_depth or (lambda bg: scene_inverse_depth(dataset, bg, size))
+    fgs = [load_prepared(dataset, "fg", j) for j in range(counts["fg"])]
+    uniform = pd.DataFrame(build_plan([(f.shape[1], f.shape[0]) for f in fgs], counts["bg"], size,
+                                      params["placements"], tuple(params["scale"]), params["seed"]))  # no floors
+    pyramids, rooms, items = pyramids_for(fgs, size, tuple(params["scale"])), {}, {}
+    for r in uniform.sample(min(n, len(uniform)), random_state=seed).sort_values("bg").itertuples():
+        fg_bg, mask = composite(load_prepared(dataset, "bg", r.bg), pyramids[r.fg].placed(r.flip, r.w, r.h), r.x, r.y)
+        if r.bg not in rooms:  # one room depth per background, shared by its composites
+            rooms[r.bg] = room_depth(r.bg)
+        items[r.id] = (fg_bg, mask, normalise(paste_person_depth(rooms[r.bg], mask))[0])
+    mode = info.get("placement", {}).get("mode", params.get("placement") or "uniform")
+    contrast = {"uniform": pd.Series({i: person_contrast(m, lab) for i, (_, m, lab) in items.items()},
+                                     dtype=float).dropna(),
+                f"this dataset ({mode})": pd.Series(person_visibility(dataset, n=n, seed=seed)["contrast"],
+                                                    dtype=float)}
+    table = pd.DataFrame({"composites": {k: len(c) for k, c in contrast.items()},
+                          f"person stands out (>= {margin:g})": {k: f"{(c >= margin).mean():.0%}"
+                                                                 for k, c in contrast.items()},
+                          "median contrast": {k: round(c.median(), 3) for k, c in contrast.items()}})
+    u = contrast["uniform"]
+    return {"table": table, "contrast": contrast, "items": items, "rooms": rooms,
+            "worst": u.idxmin(), "vanished": u.abs().idxmin()}
+
+
 # --------------------------------------------------------------------------- comparing the modes
 
 def align_scale_shift(pred: np.ndarray, target: np.ndarray) -> np.ndarray:

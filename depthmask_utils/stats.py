@@ -6,9 +6,9 @@ shards and worker processes, and integer sums have no rounding error at all, so 
 below are exact (to float64 at the final division) for any dataset size. PIL computes a decoded
 image's histogram in C, which keeps the pass fast.
 
-The reference write-ups averaged per-batch stds instead; :func:`batch_averaged` reproduces that
-from the same histograms to show how far off it is. It can never come out larger than the exact
-std: by the law of total variance, total variance = mean of the per-batch variances + variance
+A common shortcut averages per-batch stds instead; :func:`batch_averaged` reproduces it from
+the same histograms to show how far off it is. For equal-sized batches it can never come out
+larger than the exact std: by the law of total variance, total variance = mean of the per-batch variances + variance
 of the per-batch means, so the mean batch variance misses the second term; and the mean of the
 batch stds is at most the square root of the mean batch variance (Jensen: sqrt is concave). The
 two agree only when there is one batch, or every batch has the same mean and spread. With one
@@ -128,7 +128,7 @@ def _input_stats(dataset: Path, batch: int) -> Accumulator:
 @dataclass
 class DatasetStats:
     exact: dict  # category -> {"mean": [...], "std": [...], "count": pixels}
-    batch_averaged: dict  # category -> {"mean": [...], "std": [...]} the reference way
+    batch_averaged: dict  # category -> {"mean": [...], "std": [...]} the common shortcut
     images: int
 
     def table(self):
@@ -146,11 +146,11 @@ class DatasetStats:
 
 
 def batch_averaged(moments: list[tuple[list[float], list[float]]]) -> dict:
-    """Mean of per-batch means and of per-batch stds: the approximation the reference scripts used.
+    """Mean of per-batch means and of per-batch stds: the common shortcut chapter 05 takes apart.
 
     ``moments``: one ``(means, stds)`` pair per batch, each a list with one value per channel
-    (0..1 scale). The mean of the means is exact for equal-sized batches; the mean of the stds
-    is never larger than the exact std (see the module docstring).
+    (0..1 scale). The mean of the means is exact for equal-sized batches; for equal-sized batches
+    the mean of the stds is never larger than the exact std (see the module docstring).
     """
     m = np.mean([b[0] for b in moments], axis=0)
     s = np.mean([b[1] for b in moments], axis=0)
@@ -221,7 +221,7 @@ def image_histograms(dataset: str | Path, category: str = "depth",
 
 
 def batched_std(hists: np.ndarray, batch: int, order: np.ndarray | None = None) -> np.ndarray:
-    """The reference approximation for any batching: mean of per-batch stds, per channel (0..1).
+    """The batch-averaged shortcut for any batching: mean of per-batch stds, per channel (0..1).
 
     ``hists``: int ``(N, C, 256)`` per-image histograms; images are taken in ``order`` (default:
     as given) and cut into consecutive batches of ``batch`` images (the last may be smaller, and
@@ -235,3 +235,52 @@ def batched_std(hists: np.ndarray, batch: int, order: np.ndarray | None = None) 
         _, s, _ = moments_from_hist(hists[start:start + batch].sum(0))
         stds.append(s)
     return np.mean(stds, axis=0)
+
+
+def plot_batch_std(result: DatasetStats, room_mean: np.ndarray, room_std: np.ndarray, channel: int = 2,
+                   category: str = "fg_bg"):
+    """Chapter 05's picture of the batch-averaged std next to the exact one; returns the figure.
+
+    Left: one bar per room (= one batch), mean +- std of ``category`` in ``channel``, sorted by mean,
+    over the exact band (mean +- exact std, blue) and the mean of the batch stds (red dashes).
+    Right: exact and batch-averaged std of every category in ``result`` (mean over channels), each
+    pair labelled with the relative error in %. ``room_mean``, ``room_std``: float (rooms, channels)
+    on the 0..1 scale. The legend sits below the plots, never over data.
+    """
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(room_mean[:, channel])
+    m_ex, s_ex = result.exact[category]["mean"][channel], result.exact[category]["std"][channel]
+    s_ba = result.batch_averaged[category]["std"][channel]
+    name = "RGB"[channel] if room_mean.shape[1] == 3 else "value"
+    name = {"R": "red", "G": "green", "B": "blue"}.get(name, name)
+
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(8.2, 3.4), gridspec_kw={"width_ratios": [1.5, 1]})
+    a0.axhspan(m_ex - s_ex, m_ex + s_ex, color="tab:blue", alpha=0.18, lw=0, label=f"exact: mean ± {s_ex:.3f}")
+    for sign in (-1, 1):
+        a0.axhline(m_ex + sign * s_ba, color="tab:red", ls="--", lw=1.2,
+                   label=f"mean of batch stds: ± {s_ba:.3f}" if sign > 0 else None)
+    a0.errorbar(np.arange(len(order)), room_mean[order, channel], yerr=room_std[order, channel], fmt="o", ms=2.5,
+                color="0.1", ecolor="0.6", elinewidth=0.8, label="one room = one batch: mean ± std")
+    a0.set_xlabel("room (sorted by mean)", fontsize=9)
+    a0.set_ylabel(f"{name}, 0-1 scale", fontsize=9)
+    a0.set_title(f"{category}, {name}: {len(order)} batches (rooms) with different means", fontsize=9)
+
+    cats = list(result.exact)
+    x = np.arange(len(cats))
+    ex_c = [np.mean(result.exact[k]["std"]) for k in cats]
+    ba_c = [np.mean(result.batch_averaged[k]["std"]) for k in cats]
+    a1.bar(x - 0.2, ex_c, 0.4, color="tab:blue", label="exact std")
+    a1.bar(x + 0.2, ba_c, 0.4, color="tab:red", alpha=0.8, label="mean of batch stds")
+    for xi, e, b in zip(x, ex_c, ba_c):
+        a1.text(xi, max(e, b) + 0.01, f"{100 * (b - e) / e:+.1f}%", ha="center", fontsize=8)
+    a1.set_xticks(x, cats, fontsize=9)
+    a1.set_ylabel("std (0-1 scale, mean of channels)", fontsize=9)
+    a1.set_ylim(0, max(ex_c) * 1.22)  # room above the bars for the % labels
+    a1.set_title("every category", fontsize=9)
+    for ax in (a0, a1):
+        ax.tick_params(labelsize=8)
+    handles = [sum(z, []) for z in zip(a0.get_legend_handles_labels(), a1.get_legend_handles_labels())]
+    fig.legend(*handles, loc="lower center", ncol=3, fontsize=8, frameon=False)  # below the plots
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
+    return fig

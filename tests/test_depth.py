@@ -178,3 +178,21 @@ def test_teachers_share_one_interface(dataset):
         assert {"name", "weights", "exact", "parallel", "input_size"} <= set(dir(t))
     assert scene.exact and scene.parallel and not net.exact and not net.parallel
     assert np.allclose(scene.background(dataset, 0, 64), D.scene_inverse_depth(dataset, 0, 64))
+
+
+def test_uniform_vs_floor_measures_both_placements(dataset):
+    D.label_depth(dataset, "scene", progress=False)
+    out = D.uniform_vs_floor(dataset, n=10, seed=0)
+    table, contrast, items = out["table"], out["contrast"], out["items"]
+    assert list(table.index) == ["uniform", "this dataset (floor)"]  # the tiny world has floor masks
+    assert table.loc["uniform", "composites"] == len(contrast["uniform"]) <= 10 == len(items)
+    u = contrast["uniform"]
+    assert out["worst"] == u.idxmin() and abs(u[out["vanished"]]) == u.abs().min()
+    fg_bg, mask, label = items[out["worst"]]
+    assert fg_bg.shape == (64, 64, 3) and mask.shape == label.shape == (64, 64) and label.dtype == np.uint8
+    # the label is the foot-point rule applied to the room depth that was used
+    bg = int(out["worst"].split("_")[3])  # ids are fg_bg_<fg>_<bg>_<flip>_<k>
+    assert np.array_equal(label, D.normalise(D.paste_person_depth(out["rooms"][bg], mask))[0])
+    # deterministic: the same seed draws the same composites and the same numbers
+    again = D.uniform_vs_floor(dataset, n=10, seed=0, room_depth=lambda b: out["rooms"][b])
+    assert again["table"].equals(table)

@@ -251,3 +251,21 @@ def test_saved_galleries_are_readable_size(labelled, tmp_path):
     for p in paths:
         w, h = Image.open(p).size
         assert w >= 500 and h >= 170, p.name  # at least one row of 128 px thumbnails (not 70 px)
+
+
+def test_plot_batch_std_draws_both_panels(labelled):
+    import matplotlib.pyplot as plt
+    from depthmask_utils.stats import plot_batch_std
+
+    st = dataset_stats(labelled, workers=1, progress=False, write=False)
+    h, rooms = image_histograms(labelled, "fg_bg", workers=1)
+    per_room = [moments_from_hist(h[rooms == b].sum(0)) for b in np.unique(rooms)]
+    room_mean = np.array([m for m, s, n in per_room])
+    room_std = np.array([s for m, s, n in per_room])
+    fig = plot_batch_std(st, room_mean, room_std, channel=2)
+    left, right = fig.axes
+    assert len(left.lines) >= 2 and "blue" in left.get_title()  # the two red dashes, titled by channel
+    labels = [t.get_text() for t in right.texts]
+    assert len(labels) == len(st.exact) and all(t.endswith("%") for t in labels)  # one error label per category
+    assert fig.legends and not left.get_legend() and not right.get_legend()  # legend below, not over data
+    plt.close(fig)
