@@ -57,6 +57,16 @@ class Page(HTMLParser):
             self.stack.pop()
 
 
+def _notebook_figures(path: Path) -> int:
+    """Image outputs the chapter's committed notebook holds (what its page must show)."""
+    import json
+
+    cells = json.loads(path.read_text())["cells"]
+    return sum(any(k.startswith("image/") for k in o.get("data", {}))
+               for c in cells if not {"remove-output", "remove-cell"} & set(c.get("metadata", {}).get("tags", []))
+               for o in c.get("outputs", []))
+
+
 def _render(page: Path) -> Page:
     """The DOM after Chromium ran the page's scripts, parsed; also saves a full-width screenshot."""
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -82,8 +92,11 @@ def test_page_as_a_reader_sees_it(page):
     _need(BROWSER is not None, "no chromium: `apt-get install chromium`")
     dom = _render(page)
     assert not dom.bad_outputs, f"{page.name} shows error or stderr output: {dom.bad_outputs[:5]}"
-    if page.parent.name == "notebooks" and page.stem[:2] != "00":
-        assert len(dom.output_images) >= 2, f"{page.name} shows {len(dom.output_images)} figures"
+    if page.parent.name == "notebooks":
+        want = _notebook_figures(ROOT / "notebooks" / (page.stem + ".ipynb"))
+        assert len(dom.output_images) == want, f"{page.name} shows {len(dom.output_images)} of its {want} figures"
+        if page.stem[:2] != "00":
+            assert want >= 1, f"{page.name}: a chapter without a single figure"
         for src in dom.output_images:
             if not src.startswith("data:"):
                 assert (page.parent / unquote(src)).resolve().exists(), f"{page.name}: image {src} is missing"
