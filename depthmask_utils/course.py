@@ -253,6 +253,14 @@ def course_report(profile: str, data_root: str | Path, times: dict[str, float], 
         parts += ["", "## Dataset", "", f"`{paths['dataset']}`: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()
                                                                                if isinstance(v, int))
                   + (f"; depth from teacher `{depth.get('teacher')}` ({depth.get('mode')})." if depth else "; no depth labels.")]
+        placed = info.get("placement", {})
+        if placed:
+            parts[-1] += (f" Placement `{placed['mode']}`: {placed['on_floor']:,} composites with their feet on the floor, "
+                          f"{placed['uniform']:,} placed anywhere.")
+        visible = depth.get("person_visible")
+        if visible:
+            parts[-1] += (f" The depth label shows the person in front of what is behind them in "
+                          f"{visible['share']:.1%} of {visible['checked']:,} checked composites.")
     history = paths["run"] / "history.csv"
     if history.exists():
         import pandas as pd
