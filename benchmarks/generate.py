@@ -1,6 +1,7 @@
 """Benchmark the overlay generator against a per-file PIL loop and the encoding bound.
 
     python benchmarks/generate.py [--n-bg 8 --n-fg 20 --placements 20]
+    python benchmarks/generate.py --fg-height 300 1000   # photo-sized RGBA people, as real users bring
 
 On the same inputs, in the same process (so the machine's load affects all three alike):
 
@@ -29,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cores, timed, verdict, world  # noqa: E402
+from _common import BENCH, cores, timed, verdict, world  # noqa: E402
 
 from depthmask_utils.backgrounds import load_backgrounds  # noqa: E402
 from depthmask_utils.masks import load_foregrounds  # noqa: E402
@@ -37,6 +38,18 @@ from depthmask_utils.overlay import build_plan, composite, generate, pyramids_fo
 from depthmask_utils.storage import encode_jpeg_bgr, encode_png  # noqa: E402
 
 SIZE = 224
+
+
+def photo_people(n: int, lo: int, hi: int) -> Path:
+    """``n`` RGBA people rendered ``lo``..``hi`` px tall (what real cut-out photos measure), built once."""
+    from depthmask_utils.sample import render_person
+
+    out = BENCH / f"people_{n}_{lo}-{hi}"
+    if not out.is_dir() or len(list(out.glob("*.png"))) != n:
+        out.mkdir(parents=True, exist_ok=True)
+        for i, h in enumerate(np.linspace(lo, hi, n).round().astype(int)):
+            Image.fromarray(render_person(1000 + i, int(h), supersample=2), "RGBA").save(out / f"person_{i:03d}.png")
+    return out
 
 
 def per_file_loop(bgs, fgs, rows, out: Path, quality: int) -> int:
@@ -106,26 +119,30 @@ def main() -> None:
     ap.add_argument("--n-fg", type=int, default=20)
     ap.add_argument("--placements", type=int, default=20)
     ap.add_argument("--quality", type=int, default=90)
+    ap.add_argument("--fg-height", type=int, nargs=2, metavar=("LO", "HI"),
+                    help="photo-sized RGBA people LO..HI px tall instead of the sample world's")
     args = ap.parse_args()
     workers = cores()
     w = world(args.n_bg, args.n_fg)
+    fg_dir = photo_people(args.n_fg, *args.fg_height) if args.fg_height else w / "fg"
     bgs = load_backgrounds(w / "bg", SIZE).images
-    fgs = load_foregrounds(w / "fg").images
+    fgs = load_foregrounds(fg_dir).images
     rows = build_plan([(f.shape[1], f.shape[0]) for f in fgs], len(bgs), SIZE, args.placements, (0.35, 0.65), 0)
     n = len(rows)
     print(f"inputs: {len(bgs)} bg x {len(fgs)} fg x 2 flips x {args.placements} placements = {n} composites "
-          f"at {SIZE}x{SIZE}, JPEG q{args.quality}, {workers} cores")
+          f"at {SIZE}x{SIZE}, JPEG q{args.quality}, {workers} cores; fg heights "
+          f"{min(f.shape[0] for f in fgs)}-{max(f.shape[0] for f in fgs)} px")
 
     tmp = Path(tempfile.mkdtemp())
     try:
-        r, t_gen = timed(generate, w / "bg", w / "fg", tmp / "ds", size=SIZE, placements=args.placements,
+        r, t_gen = timed(generate, w / "bg", fg_dir, tmp / "ds", size=SIZE, placements=args.placements,
                          workers=workers, jpeg_quality=args.quality, progress=False)
         assert r.composites == n
         gen = n / t_gen
         # The marginal rate removes fixed start-up (input preparation, pools) by timing a second,
         # smaller run: what the generator sustains at 400,000 composites.
         n_small = len(bgs) * len(fgs) * 2 * max(1, args.placements // 4)
-        _, t_small = timed(generate, w / "bg", w / "fg", tmp / "ds_small", size=SIZE,
+        _, t_small = timed(generate, w / "bg", fg_dir, tmp / "ds_small", size=SIZE,
                            placements=max(1, args.placements // 4), workers=workers, jpeg_quality=args.quality,
                            progress=False)
         marginal = (n - n_small) / max(1e-9, t_gen - t_small)
@@ -146,8 +163,8 @@ def main() -> None:
     print(f"throughput: {gen:.0f}/s end to end, {marginal:.0f}/s at scale; target >= 4,000/s: "
           f"{verdict(marginal >= 4000)}; 400,000 composites would take {400_000 / marginal / 60:.1f} min")
 
-    small = peak_memory(w / "bg", w / "fg", max(2, args.placements // 4), workers)
-    large = peak_memory(w / "bg", w / "fg", args.placements, workers)
+    small = peak_memory(w / "bg", fg_dir, max(2, args.placements // 4), workers)
+    large = peak_memory(w / "bg", fg_dir, args.placements, workers)
     for main_mb, child_mb, k in (small, large):
         print(f"peak RSS for {k:6d} composites: main {main_mb:6.0f} MB, largest worker {child_mb:6.0f} MB")
     flat = max(large[:2]) <= 1.2 * max(small[:2]) + 20
