@@ -178,9 +178,26 @@ def _kernel_manager():
     return EncryptedKernelManager
 
 
-def chapters(notebooks: Path = NOTEBOOKS) -> list[Path]:
-    """The chapter notebooks, in order."""
-    return sorted(notebooks.glob("[0-9][0-9]_*.ipynb"))
+def chapters(notebooks: Path = NOTEBOOKS, only: list[str] | None = None) -> list[Path]:
+    """The chapter notebooks, in order; ``only`` keeps those whose number (``03``) or name is listed."""
+    found = sorted(notebooks.glob("[0-9][0-9]_*.ipynb"))
+    return [p for p in found if not only or p.name[:2] in only or p.stem in only]
+
+
+def _execute(nb: Path, executed: Path, parameters: dict | None, after_failure: str) -> None:
+    """Run ``nb`` top to bottom in a fresh kernel from its folder into ``executed``; a failing cell
+    raises :class:`ChapterFailed` naming the chapter, the cell and the error, then ``after_failure``."""
+    import logging
+
+    import papermill as pm
+
+    logging.getLogger("papermill").setLevel(logging.ERROR)  # its INFO lines would interleave with ours
+    try:
+        pm.execute_notebook(str(nb), str(executed), parameters=parameters, cwd=str(nb.parent), progress_bar=False,
+                            log_output=False, kernel_name="python3", kernel_manager_class=_kernel_manager())
+    except pm.PapermillExecutionError as exc:
+        raise ChapterFailed(f"chapter {nb.stem} failed in cell [{exc.exec_count}] with {exc.ename}: "
+                            f"{exc.evalue}{after_failure}") from None
 
 
 def run_course(profile: str = "sample", out: str | Path = "executed", only: list[str] | None = None,
@@ -192,10 +209,7 @@ def run_course(profile: str = "sample", out: str | Path = "executed", only: list
     ``OUT/report.md`` the key figures. ``only`` keeps chapters whose number or name is listed.
     Raises :class:`ChapterFailed` at the first failing chapter.
     """
-    import logging
     import time
-
-    import papermill as pm
 
     from .config import get_profile
 
@@ -203,8 +217,7 @@ def run_course(profile: str = "sample", out: str | Path = "executed", only: list
     out = Path(out).resolve()
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     data_root = out / "data"
-    todo = [p for p in chapters(notebooks) if not only or p.name[:2] in only or p.stem in only]
-    logging.getLogger("papermill").setLevel(logging.ERROR)  # its INFO lines would interleave with ours
+    todo = chapters(notebooks, only)
     times = {}
     t_all = time.perf_counter()
     for i, nb in enumerate(todo, 1):
@@ -212,13 +225,11 @@ def run_course(profile: str = "sample", out: str | Path = "executed", only: list
         log(f"[{i:2d}/{len(todo)}] {nb.stem:<34s}", end="", flush=True)
         t0 = time.perf_counter()
         try:
-            pm.execute_notebook(str(nb), str(executed), parameters={"profile": profile, "data_root": str(data_root)},
-                                cwd=str(nb.parent), progress_bar=False, log_output=False, kernel_name="python3",
-                                kernel_manager_class=_kernel_manager())
-        except pm.PapermillExecutionError as exc:
+            _execute(nb, executed, {"profile": profile, "data_root": str(data_root)},
+                     f"\nthe executed notebook, with the error in place: {executed}")
+        except ChapterFailed:
             log("FAILED")
-            raise ChapterFailed(f"chapter {nb.stem} failed in cell [{exc.exec_count}] with {exc.ename}: "
-                                f"{exc.evalue}\nthe executed notebook, with the error in place: {executed}") from None
+            raise
         times[nb.stem] = time.perf_counter() - t0
         log(f"{times[nb.stem]:6.1f} s")
     report = out / "report.md"
@@ -311,26 +322,15 @@ def refresh_chapters(only: list[str] | None = None, log=print, notebooks: Path =
     Each runs in a fresh kernel from ``notebooks/``; the result replaces the chapter only if it ran,
     then :func:`clean_executed` strips run metadata. Returns ``{chapter: problems}`` for any with problems.
     """
-    import logging
     import tempfile
     import time
 
-    import papermill as pm
-
-    logging.getLogger("papermill").setLevel(logging.ERROR)
     out = {}
-    for nb in chapters(notebooks):
-        if only and nb.name[:2] not in only and nb.stem not in only:
-            continue
+    for nb in chapters(notebooks, only):
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             executed = Path(tmp) / nb.name
-            try:
-                pm.execute_notebook(str(nb), str(executed), cwd=str(nb.parent), progress_bar=False, log_output=False,
-                                    kernel_name="python3", kernel_manager_class=_kernel_manager())
-            except pm.PapermillExecutionError as exc:
-                raise ChapterFailed(f"chapter {nb.stem} failed in cell [{exc.exec_count}] with {exc.ename}: "
-                                    f"{exc.evalue}; the chapter was left as it was") from None
+            _execute(nb, executed, None, "; the chapter was left as it was")
             problems = clean_executed(executed)
             nb.write_text(executed.read_text())
         log(f"{nb.stem:<34s} {time.perf_counter() - t0:6.1f} s" + (f"  PROBLEMS: {problems}" if problems else ""))
