@@ -10,6 +10,13 @@ On the same inputs, in the same process (so the machine's load affects all three
     one process, the way the reference scripts work;
 (c) the bound - encoding the same JPEGs and PNGs alone (no compositing, no I/O) over all cores.
 
+(a) is timed twice: end to end on the plan, and "at scale" - composites over the time of
+generate's own shard phase (``GenerateResult.seconds["shards"]``: planning, compositing, encoding,
+writing, worker start-up) in a run with 4x the placements, which is what the generator sustains
+at 400,000 composites. The at-scale runs and the bound alternate for three rounds and the verdict
+takes the median of the paired ratios: on this shared machine one noisy run can move either by a
+quarter.
+
 Then peak memory (max RSS of the main process and of any worker) for two dataset sizes, to
 show memory stays flat in the number of composites. Targets at 224 x 224 on 2 cores:
 >= 4,000 composites/s, >= 2x the per-file loop, >= 75 % of the encode bound, peak < 1 GB and flat.
@@ -34,7 +41,7 @@ from _common import BENCH, cores, timed, verdict, world  # noqa: E402
 
 from depthmask_utils.backgrounds import load_backgrounds  # noqa: E402
 from depthmask_utils.masks import load_foregrounds  # noqa: E402
-from depthmask_utils.overlay import build_plan, composite, generate, pyramids_for  # noqa: E402
+from depthmask_utils.overlay import build_plan, composite, find_floors, generate, pyramids_for  # noqa: E402
 from depthmask_utils.storage import encode_jpeg_bgr, encode_png  # noqa: E402
 
 SIZE = 224
@@ -106,7 +113,10 @@ import resource, tempfile, json
 from depthmask_utils.overlay import generate
 with tempfile.TemporaryDirectory() as d:
     r = generate({str(bg_dir)!r}, {str(fg_dir)!r}, d + '/ds', size={SIZE}, placements={placements}, workers={workers}, progress=False)
-print(json.dumps([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.composites]))
+# VmHWM, not RUSAGE_SELF: Linux carries ru_maxrss across exec, so it would count the benchmark's
+# own (large) process that launched this one.
+hwm = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")))
+print(json.dumps([hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.composites]))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     main_kb, child_kb, n = json.loads(out.stdout.strip().splitlines()[-1])
@@ -125,41 +135,56 @@ def main() -> None:
     workers = cores()
     w = world(args.n_bg, args.n_fg)
     fg_dir = photo_people(args.n_fg, *args.fg_height) if args.fg_height else w / "fg"
-    bgs = load_backgrounds(w / "bg", SIZE).images
+    loaded = load_backgrounds(w / "bg", SIZE)
+    bgs = loaded.images
     fgs = load_foregrounds(fg_dir).images
-    rows = build_plan([(f.shape[1], f.shape[0]) for f in fgs], len(bgs), SIZE, args.placements, (0.35, 0.65), 0)
+    floors = find_floors(w / "bg", loaded.sources, SIZE)  # as generate places them
+    rows = build_plan([(f.shape[1], f.shape[0]) for f in fgs], len(bgs), SIZE, args.placements, (0.35, 0.65), 0,
+                      floors)
     n = len(rows)
     print(f"inputs: {len(bgs)} bg x {len(fgs)} fg x 2 flips x {args.placements} placements = {n} composites "
           f"at {SIZE}x{SIZE}, JPEG q{args.quality}, {workers} cores; fg heights "
           f"{min(f.shape[0] for f in fgs)}-{max(f.shape[0] for f in fgs)} px")
 
+    def run(name: str, placements: int):
+        r, dt = timed(generate, w / "bg", fg_dir, tmp / name, size=SIZE, placements=placements, workers=workers,
+                      jpeg_quality=args.quality, progress=False)
+        shutil.rmtree(tmp / name)
+        return r, dt
+
     tmp = Path(tempfile.mkdtemp())
     try:
-        r, t_gen = timed(generate, w / "bg", fg_dir, tmp / "ds", size=SIZE, placements=args.placements,
-                         workers=workers, jpeg_quality=args.quality, progress=False)
+        r, t_gen = run("ds", args.placements)
         assert r.composites == n
         gen = n / t_gen
-        # The marginal rate removes fixed start-up (input preparation, pools) by timing a second,
-        # smaller run: what the generator sustains at 400,000 composites.
-        n_small = len(bgs) * len(fgs) * 2 * max(1, args.placements // 4)
-        _, t_small = timed(generate, w / "bg", fg_dir, tmp / "ds_small", size=SIZE,
-                           placements=max(1, args.placements // 4), workers=workers, jpeg_quality=args.quality,
-                           progress=False)
-        marginal = (n - n_small) / max(1e-9, t_gen - t_small)
+        # The rate at scale: composites over the time of generate's shard phase (planning,
+        # compositing, encoding, writing; worker start-up included) in a run with 4x the placements,
+        # what the generator sustains at 400,000 composites. The bound is measured between those runs
+        # and both take the best of two, so the machine's load hits both alike.
+        at_scale, bounds = [], []
+        for _ in range(3):
+            r4, _ = run("x4", 4 * args.placements)
+            at_scale.append(r4.composites / r4.seconds["shards"])
+            bounds.append(encode_bound(bgs, fgs, rows, args.quality, workers))
+        # Each round pairs a generator run with a bound measured right after it, so a busy spell on
+        # the shared machine slows both; the verdict uses the median of the paired ratios.
+        ratios = sorted(a / b for a, b in zip(at_scale, bounds))
+        marginal, bound, ratio = float(np.median(at_scale)), float(np.median(bounds)), ratios[1]
         m = max(1, n // 4)  # the per-file loop is slow; a quarter of the plan is plenty to time it
         done, t_loop = timed(per_file_loop, bgs, fgs, rows[:m], tmp / "files", args.quality)
         loop = done / t_loop
-        bound = encode_bound(bgs, fgs, rows, args.quality, workers)
     finally:
         shutil.rmtree(tmp)
 
     print(f"(a) generate (end to end, incl. input preparation): {gen:8.0f} composites/s  ({t_gen:.1f} s)")
-    print(f"(a') generate, marginal rate at scale ({n_small} -> {n}):  {marginal:8.0f} composites/s")
+    print(f"(a') generate at scale, shard phase of {4 * n} composites: {marginal:8.0f} composites/s median "
+          f"(runs: {', '.join(f'{x:.0f}' for x in at_scale)})")
     print(f"(b) per-file PIL loop, 1 process:                  {loop:8.0f} composites/s")
-    print(f"(c) encode bound, JPEG + PNG only, {workers} processes:     {bound:8.0f} composites/s")
+    print(f"(c) encode bound, JPEG + PNG only, {workers} processes:     {bound:8.0f} composites/s median "
+          f"(runs: {', '.join(f'{x:.0f}' for x in bounds)})")
     print(f"ratio (a)/(b) = {gen / loop:.2f}x   target >= 2x: {verdict(gen / loop >= 2)}")
-    print(f"ratio (a)/(c) = {gen / bound:.0%} end to end, (a')/(c) = {marginal / bound:.0%} at scale; "
-          f"target >= 75%: {verdict(marginal / bound >= 0.75)}")
+    print(f"ratio (a)/(c) = {gen / bound:.0%} end to end; (a')/(c) at scale, paired by round: "
+          f"{', '.join(f'{x:.0%}' for x in ratios)}, median {ratio:.0%}; target >= 75%: {verdict(ratio >= 0.75)}")
     print(f"throughput: {gen:.0f}/s end to end, {marginal:.0f}/s at scale; target >= 4,000/s: "
           f"{verdict(marginal >= 4000)}; 400,000 composites would take {400_000 / marginal / 60:.1f} min")
 

@@ -18,27 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import load_prepared, member
+from .figures import DEPTH_CMAP, DEPTH_LABEL, DPI, TITLE_PT, show_rgba  # noqa: F401  (DEPTH_LABEL: re-exported)
 from .storage import decode_image, open_shard, read_json, read_manifest
 
 CATEGORIES = ("bg", "fg", "fg_mask", "fg_bg", "mask", "depth")
-DEPTH_CMAP = "magma"  # perceptually uniform; near = bright, as in the labels
-DEPTH_LABEL = "inverse depth, near = bright"
-DPI = 110  # the notebooks' figure.dpi; the saved galleries use it too
 THUMB_PX = 128  # thumbnail side in pixels: the sample profile's image size, drawn pixel for pixel
 THUMB = THUMB_PX / DPI  # the same in inches (1.16), what matplotlib lays out in
-TITLE_PT = 8  # smallest text size anywhere in a gallery
 MAX_COLS = 6  # a grid wider than this shrinks below ~110 px per thumbnail on a book page
-
-
-def _checker(h: int, w: int, cell: int = 8) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w]
-    return np.where(((yy // cell + xx // cell) % 2)[..., None] == 0, 235, 200).astype(np.uint8).repeat(3, -1)
-
-
-def show_rgba(rgba: np.ndarray) -> np.ndarray:
-    """RGBA over a checkerboard, so transparency is visible: uint8 (H, W, 4) -> uint8 (H, W, 3)."""
-    a = rgba[..., 3:4].astype(np.float32) / 255
-    return (rgba[..., :3] * a + _checker(*rgba.shape[:2]) * (1 - a) + 0.5).astype(np.uint8)
 
 
 def mask_overlay(rgb: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 40, 40),
@@ -292,78 +278,3 @@ def make_galleries(dataset: str | Path, n: int = 16, strips: int = 4, seed: int 
     plt.close(fig)
     written.append(out / "strips.png")
     return written
-
-
-def show_row(images: list, titles: list[str] | None = None, size: float = 2.2, cmap: str = "gray",
-             colorbar: str | None = None):
-    """A one-row Figure of images (RGB, RGBA over a checkerboard, or greyscale with ``cmap``).
-
-    Greyscale uint8 images are drawn on a fixed 0-255 range. ``colorbar``: a label (e.g.
-    :data:`DEPTH_LABEL`) adds a colour bar for the last greyscale image.
-    """
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(images), figsize=(size * len(images), size * 1.1), squeeze=False)
-    handle = None
-    for i, (ax, img) in enumerate(zip(axes[0], images)):
-        img = np.asarray(img)
-        if img.ndim == 2:
-            handle = ax.imshow(img, cmap=cmap, vmin=0, vmax=255 if img.dtype == np.uint8 else None)
-        else:
-            ax.imshow(show_rgba(img) if img.shape[-1] == 4 else img)
-        ax.set_axis_off()
-        if titles:
-            ax.set_title(titles[i], fontsize=9)
-    fig.tight_layout()
-    if colorbar and handle is not None:
-        cb = fig.colorbar(handle, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
-        cb.set_label(colorbar, fontsize=TITLE_PT + 1)
-        cb.ax.tick_params(labelsize=TITLE_PT)
-    return fig
-
-
-def _as_hwc(img) -> np.ndarray:
-    """numpy HWC/HW, or a torch (C, H, W) tensor (uint8 0-255 or float 0-1), -> numpy (H, W[, 3])."""
-    if hasattr(img, "detach"):
-        scale = 255.0 if str(img.dtype) == "torch.uint8" else 1.0
-        img = img.detach().float().cpu().numpy() / scale
-        img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
-    return np.asarray(img)
-
-
-def show_grid(rows: list[list], kinds: list[str], col_titles: list[str] | None = None,
-              row_titles: list[str] | None = None, size: float = 1.6, colorbar: bool = True):
-    """A grid of images, one list per row; ``kinds`` per column: ``rgb``, ``mask`` (grey, 0-1),
-    ``depth`` (colour map, 0-1, 1 = near) or ``error`` (absolute error, 0-0.5).
-
-    Accepts numpy arrays (uint8 or 0-1 floats) and torch (C, H, W) tensors. The last column of a
-    ``depth`` or ``error`` kind gets a colour bar saying what the colours mean.
-    """
-    import matplotlib.pyplot as plt
-
-    n_r, n_c = len(rows), len(kinds)
-    fig, axes = plt.subplots(n_r, n_c, figsize=(size * n_c + (0.6 if colorbar else 0), size * n_r + 0.3), squeeze=False)
-    style = {"mask": dict(cmap="gray", vmin=0, vmax=1), "depth": dict(cmap=DEPTH_CMAP, vmin=0, vmax=1),
-             "error": dict(cmap="viridis", vmin=0, vmax=0.5)}
-    handles = {}
-    for r, row in enumerate(rows):
-        for c, (img, kind) in enumerate(zip(row, kinds)):
-            ax = axes[r][c]
-            a = _as_hwc(img)
-            if a.dtype == np.uint8:
-                a = a / 255.0
-            handles[kind] = ax.imshow(a, interpolation="nearest", **style.get(kind, {}))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0 and col_titles:
-                ax.set_title(col_titles[c], fontsize=9)
-            if c == 0 and row_titles:
-                ax.set_ylabel(row_titles[r], fontsize=8)
-    fig.tight_layout()
-    if colorbar:
-        labels = {"depth": "inverse depth (1 = near)", "error": "absolute error"}
-        for kind in ("depth", "error"):
-            if kind in handles:
-                fig.colorbar(handles[kind], ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label=labels[kind])
-                break
-    return fig

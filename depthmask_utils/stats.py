@@ -56,11 +56,37 @@ def moments_from_hist(hist: np.ndarray, scale: float = 255.0) -> tuple[list[floa
     return means, stds, n
 
 
+def gray_hist(img: np.ndarray) -> np.ndarray:
+    """Histogram of a uint8 (H, W) image, int64 (256,): counts of each value, exact.
+
+    Only the bounding box of the non-zero pixels is counted; the pixels outside it are zeros.
+    A mask is mostly background, so this reads a tenth of the image. OpenCV counts ~8x faster
+    than ``np.bincount`` here (float32 counts are exact below 2**24 pixels).
+    """
+    import cv2
+
+    x, y, w, h = cv2.boundingRect(img)
+    out = np.zeros(256, np.int64)
+    if w and h:
+        out += cv2.calcHist([img[y:y + h, x:x + w]], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+    out[0] += img.size - w * h
+    return out
+
+
 def image_hist(data: bytes, name: str) -> np.ndarray:
     """Decode image bytes and return its per-channel histogram, int64 (C, 256)."""
+    if data[:3] == b"\xff\xd8\xff":  # JPEG (composites): OpenCV decodes ~1.6x faster than PIL, same pixels
+        import cv2
+
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        if img is None:
+            raise DatasetError(f"{name}: cannot decode (not a readable JPEG)")
+        if img.ndim == 2:
+            return gray_hist(img)[None]
+        return np.stack([cv2.calcHist([img], [c], None, [256], [0, 256]).ravel() for c in (2, 1, 0)]).astype(np.int64)
     gray = decode_png_gray(data)  # masks and depth: the fast path
     if gray is not None:
-        return np.bincount(gray.ravel(), minlength=256).astype(np.int64)[None]
+        return gray_hist(gray)[None]
     try:
         with Image.open(io.BytesIO(data)) as im:
             h = im.histogram()
@@ -98,6 +124,12 @@ class Accumulator:
             self.hist[cat] = self.hist.get(cat, 0) + h
         for cat, lst in other.batch_moments.items():
             self.batch_moments.setdefault(cat, []).extend(lst)
+
+
+def _init_stats_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core; OpenCV's own threads make small histograms 5x slower
 
 
 def _shard_stats(task: tuple[str, list[str], bool, int]) -> Accumulator:
@@ -171,7 +203,7 @@ def dataset_stats(dataset: str | Path, workers: int | None = None, batch: int = 
     total = _input_stats(dataset, batch)
     with tqdm(total=len(rows), unit="img", desc="stats", disable=not progress) as bar:
         # ordered, so the batch-averaged approximation sees batches in the same order every run
-        for (_, ids, _, _), acc in zip(tasks, run_tasks(_shard_stats, tasks, workers)):
+        for (_, ids, _, _), acc in zip(tasks, run_tasks(_shard_stats, tasks, workers, _init_stats_worker)):
             total.merge(acc)
             bar.update(len(ids))
     exact, approx = {}, {}
@@ -215,7 +247,7 @@ def image_histograms(dataset: str | Path, category: str = "depth",
     rows = read_manifest(dataset / "manifest.csv")
     groups = sorted(rows_by_shard(rows).items())
     tasks = [(str(dataset / s), [r["id"] for r in rs], category) for s, rs in groups]
-    hists = np.concatenate(list(run_tasks(_shard_image_hists, tasks, workers)))
+    hists = np.concatenate(list(run_tasks(_shard_image_hists, tasks, workers, _init_stats_worker)))
     rooms = np.array([int(r["bg"]) for _, rs in groups for r in rs])
     return hists, rooms
 

@@ -20,6 +20,7 @@ import struct
 import zipfile
 import zlib
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -28,6 +29,15 @@ from PIL import Image
 
 from .errors import DatasetError
 
+try:  # Intel's ISA-L: deflate, inflate and CRC-32 several times faster than zlib, same formats
+    from isal.isal_zlib import compress as _deflate
+    from isal.isal_zlib import crc32 as _crc32
+    from isal.isal_zlib import decompress as _inflate
+    from isal.isal_zlib import error as _isal_error
+except ImportError:  # pragma: no cover - isal is in requirements.txt
+    _deflate, _crc32, _inflate, _isal_error = zlib.compress, zlib.crc32, zlib.decompress, zlib.error
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: reproducible bytes
 MANIFEST_FIELDS = ["id", "bg", "fg", "flip", "k", "x", "y", "w", "h", "shard"]
 PLACEMENT_FIELDS = ["placement", "foot_x", "foot_y"]  # floor or uniform; the foot point (bottom-centre pixel)
@@ -108,33 +118,37 @@ def encode_jpeg_bgr(bgr: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
+def _png_chunk(kind: bytes, data) -> bytes:
+    return struct.pack(">I", len(data)) + kind + bytes(data) + struct.pack(">I", _crc32(data, _crc32(kind)))
+
+
+@lru_cache(maxsize=64)
+def _png_gray_header(w: int, h: int) -> bytes:
+    return PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+
+
+_PNG_END = _png_chunk(b"IEND", b"")
+
+
 def encode_png(img: np.ndarray) -> bytes:
     """uint8 (H, W) or (H, W, 3|4) RGB(A) -> lossless PNG bytes.
 
-    Single-channel images (masks, depth) - millions of them - go through OpenCV with no row
-    filter and zlib level 1 with run-length strategy: ~5x faster than PIL's adaptive filtering and
-    smaller for masks, which are long runs of 0 and 255. Colour images (a few hundred prepared
-    inputs) use PIL.
+    Single-channel images (masks, depth) - millions of them - are written here directly: no row
+    filter, and the pixel rows deflated by ISA-L at level 1 (zlib where ISA-L is missing). That is
+    ~3x faster than OpenCV's PNG writer at a few percent more bytes, and :func:`decode_png_gray`
+    reads it back with one inflate. Colour images (a few hundred prepared inputs) use PIL.
     """
     if img.ndim == 2:
-        import cv2
-
-        ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER,
-                                             cv2.IMWRITE_PNG_FILTER_NONE, cv2.IMWRITE_PNG_STRATEGY,
-                                             cv2.IMWRITE_PNG_STRATEGY_RLE])
-        if not ok:
-            raise DatasetError("OpenCV could not encode a PNG")
-        return buf.tobytes()
+        h, w = img.shape
+        rows = np.empty((h, w + 1), np.uint8)
+        rows[:, 0] = 0  # filter type 0 (none) for every row
+        rows[:, 1:] = img
+        return _png_gray_header(w, h) + _png_chunk(b"IDAT", _deflate(rows, 1)) + _PNG_END
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG", compress_level=6)
+    Image.fromarray(img).save(buf, format="PNG", compress_level=1)  # level 6: 2.5x the time, 20 % smaller
     return buf.getvalue()
 
 
-try:  # Intel's ISA-L inflates ~1.6x faster than zlib; same format, so zlib is the fallback
-    from isal.isal_zlib import decompress as _inflate
-    from isal.isal_zlib import error as _isal_error
-except ImportError:  # pragma: no cover - isal is in requirements.txt
-    _inflate, _isal_error = zlib.decompress, zlib.error
 
 
 def decode_png_gray(data: bytes) -> np.ndarray | None:
@@ -144,7 +158,7 @@ def decode_png_gray(data: bytes) -> np.ndarray | None:
     filter byte per row - one ``zlib.decompress``, ~4x faster than a general decoder. Anything
     else (another colour type, bit depth, interlacing or row filter) returns None: use PIL.
     """
-    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
         return None
     w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
     if depth != 8 or colour != 0 or interlace != 0:
@@ -179,21 +193,50 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise DatasetError(f"{name}: cannot decode ({exc})") from None
 
 
+# The zip records write_shard writes, laid out as zipfile lays them out for a stored member it
+# writes itself (version 2.0, made on Unix, no flags, no extra fields), so the bytes are the same.
+_ZIP_LOCAL = struct.Struct("<4s2B4HL2L2H")
+_ZIP_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
+_ZIP_END = struct.Struct("<4s4H2LH")
+_DOS_TIME = 0
+_DOS_DATE = (ZIP_EPOCH[0] - 1980) << 9 | ZIP_EPOCH[1] << 5 | ZIP_EPOCH[2]
+_ZIP_MODE = 0o644 << 16  # rw-r--r--, as shards have always been written
+
+
 def write_shard(path: str | Path, members: Iterable[tuple[str, bytes]]) -> int:
     """Write a zip shard atomically from an iterable of (member name, bytes); returns the count.
 
     Members are stored, not deflated (JPEG and PNG are already compressed), with fixed timestamps
     so that the same members give the same bytes. ``members`` is consumed lazily: memory stays flat
     however large the shard.
+
+    The records are packed here rather than by :mod:`zipfile`, whose per-member bookkeeping
+    (``ZipInfo``, a write handle, a seek back to patch the header) costs ~45 us - as much as
+    encoding a mask. The bytes are identical to ``zipfile.ZipFile.writestr``'s (tested); shards
+    stay below 4 GiB and 65,535 members, the limits of a zip without ZIP64 (checked).
     """
-    count = 0
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+    central, offset = [], 0
+    with atomic_path(path) as tmp, open(tmp, "wb", buffering=1 << 20) as f:
         for name, data in members:
-            info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, data)
-            count += 1
-    return count
+            if offset + len(data) >= 1 << 32 or len(central) >= 0xFFFF - 1:
+                raise DatasetError(f"{path}: over {len(central)} members, {offset} bytes: too large for one shard "
+                                   "(4 GiB, 65,535 members, the limits of a zip without ZIP64); use fewer "
+                                   "placements per background")
+            raw = name.encode("ascii")  # member names are ours: ASCII, so no UTF-8 flag
+            crc = _crc32(data)
+            f.write(_ZIP_LOCAL.pack(b"PK\x03\x04", 20, 0, 0, 0, _DOS_TIME, _DOS_DATE, crc, len(data),
+                                    len(data), len(raw), 0) + raw)
+            f.write(data)
+            central.append(_ZIP_CENTRAL.pack(b"PK\x01\x02", 20, 3, 20, 0, 0, 0, _DOS_TIME, _DOS_DATE, crc,
+                                             len(data), len(data), len(raw), 0, 0, 0, 0, _ZIP_MODE, offset) + raw)
+            offset += _ZIP_LOCAL.size + len(raw) + len(data)
+        directory = b"".join(central)
+        if offset + len(directory) >= 1 << 32:
+            raise DatasetError(f"{path}: {offset + len(directory)} bytes: too large for one shard (4 GiB, "
+                               "the limit of a zip without ZIP64); use fewer placements per background")
+        f.write(directory)
+        f.write(_ZIP_END.pack(b"PK\x05\x06", 0, 0, len(central), len(central), len(directory), offset, 0))
+    return len(central)
 
 
 def open_shard(path: str | Path) -> zipfile.ZipFile:

@@ -1,4 +1,5 @@
 import errno
+import io
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from PIL import Image
 
 from depthmask_utils import storage
 from depthmask_utils.errors import DatasetError, InputError
-from depthmask_utils.overlay import (ForegroundPyramid, composite, generate, plan_placements,
+from depthmask_utils.overlay import (ForegroundPyramid, blend_premultiplied, composite, generate, plan_placements,
                                      placement_rng, premultiply)
 from depthmask_utils.dataset import verify
 from depthmask_utils.sample import render_person
@@ -70,6 +71,18 @@ def test_composite_outside_is_bg_inside_is_fg(seed, x, y):
     half = mask == 128
     expected = (placed_fg[half].astype(int) * 128 / 255 + bg[half].astype(int) * 127 / 255)
     assert np.abs(out[half] - expected).max() <= 1.0
+
+
+def test_blend_equals_the_integer_formula_for_every_pair():
+    # Every (background value, alpha) pair, and a premultiplied colour at both ends of its range.
+    a = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 256, axis=1)
+    bg = np.repeat(np.arange(256, dtype=np.uint8)[None, :], 256, axis=0)
+    for colour in (np.zeros_like(a), a):
+        fgp = np.dstack([colour, colour, colour, a])
+        bg3 = np.dstack([bg, bg, bg])
+        expected = colour[..., None] + (bg3.astype(np.uint16) * (255 - a[..., None].astype(np.uint16)) + 127) // 255
+        assert expected.max() <= 255
+        assert np.array_equal(blend_premultiplied(bg3, fgp), expected.astype(np.uint8))
 
 
 @settings(max_examples=20, deadline=None)
@@ -156,7 +169,7 @@ def _files(root: Path) -> dict:
 
 def test_resume_after_kill_is_byte_identical(world, tmp_path):
     args = [sys.executable, "-m", "depthmask_utils", "generate", "--bg", str(world / "bg"), "--fg", str(world / "fg"),
-            "--size", "96", "--placements", "12", "--workers", "1"]
+            "--size", "128", "--placements", "40", "--workers", "1"]  # ~0.1 s a shard: the kill lands mid-run
     ref = tmp_path / "ref"
     subprocess.run(args + ["--out", str(ref)], check=True, capture_output=True)
     victim = tmp_path / "victim"
@@ -175,22 +188,27 @@ def test_resume_after_kill_is_byte_identical(world, tmp_path):
 
 
 def test_disk_full_mid_shard_leaves_no_finished_looking_shard(world, tmp_path, monkeypatch):
-    real = zipfile.ZipFile.writestr
     calls = {"n": 0}
 
-    def failing(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 30:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, *a, **k)
+    class FillsUp(io.BufferedWriter):
+        def write(self, data):
+            calls["n"] += 1
+            if calls["n"] == 30:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
 
-    monkeypatch.setattr(zipfile.ZipFile, "writestr", failing)
+    def failing_open(path, mode="r", buffering=-1, **kw):
+        assert mode == "wb"
+        return FillsUp(io.FileIO(path, "w"), max(buffering, 1))
+
+    monkeypatch.setattr(storage, "open", failing_open, raising=False)  # write_shard's open
     out = tmp_path / "ds"
     with pytest.raises(DatasetError, match="disk full"):
         generate(world / "bg", world / "fg", out, size=64, placements=3, workers=1, progress=False)
+    assert calls["n"] >= 30
     assert list((out / "shards").iterdir()) == [], "a half shard or its temporary file was left behind"
     assert not (out / "dataset.json").exists()
-    monkeypatch.setattr(zipfile.ZipFile, "writestr", real)
+    monkeypatch.delattr(storage, "open")
     generate(world / "bg", world / "fg", out, size=64, placements=3, workers=1, progress=False)
     assert verify(out, workers=1).ok
 
@@ -234,3 +252,20 @@ def test_other_parameters_refuse_to_mix(built, tmp_path, world):
     shutil.copytree(built, dst)
     with pytest.raises(DatasetError, match="other parameters"):
         generate(world / "bg", world / "fg", dst, size=64, placements=4, workers=1, progress=False)
+
+
+def test_a_dataset_planned_by_an_older_version_is_not_resumed(built, tmp_path, world):
+    import json
+
+    from depthmask_utils.overlay import PLAN_VERSION
+
+    dst = tmp_path / "ds"
+    shutil.copytree(built, dst)
+    params = json.loads((dst / "params.json").read_text())
+    assert params["plan_version"] == PLAN_VERSION
+    (dst / "params.json").write_text(json.dumps({**params, "plan_version": PLAN_VERSION - 1}))
+    next(dst.glob("shards/*.zip")).unlink()  # unfinished: a resume would mix two plans
+    info = json.loads((built / "dataset.json").read_text())
+    with pytest.raises(DatasetError, match="other parameters"):
+        generate(world / "bg", world / "fg", dst, size=info["params"]["size"], placements=info["params"]["placements"],
+                 workers=1, progress=False)

@@ -23,6 +23,29 @@ def test_moments_from_hist_exact():
     assert abs(m[0] - vals.mean() / 255) < 1e-12 and abs(s[0] - vals.std() / 255) < 1e-12
 
 
+def test_image_hist_matches_pil_for_every_kind_of_member():
+    import pytest
+
+    from depthmask_utils.errors import DatasetError
+    from depthmask_utils.stats import gray_hist, image_hist
+    from depthmask_utils.storage import encode_png
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 30, 3), np.uint8)
+    for arr, mode in ((rgb, "RGB"), (rgb[..., 0], "L")):
+        buf = io.BytesIO()
+        Image.fromarray(arr, mode).save(buf, format="JPEG", quality=90)
+        pil = np.asarray(Image.open(io.BytesIO(buf.getvalue())).histogram()).reshape(-1, 256)
+        assert np.array_equal(image_hist(buf.getvalue(), "x.jpg"), pil)
+    sparse = np.zeros((50, 60), np.uint8)
+    sparse[10:20, 30:33] = rng.integers(0, 256, (10, 3))
+    for img in (sparse, np.zeros((5, 5), np.uint8), rgb[..., 1]):
+        assert np.array_equal(gray_hist(img), np.bincount(img.ravel(), minlength=256))
+        assert np.array_equal(image_hist(encode_png(img), "x.png")[0], np.bincount(img.ravel(), minlength=256))
+    with pytest.raises(DatasetError, match="broken.jpg"):
+        image_hist(b"\xff\xd8\xff" + b"0" * 100, "broken.jpg")
+
+
 def test_dataset_stats_against_brute_force(dataset):
     label_depth(dataset, "scene", progress=False)
     st = dataset_stats(dataset, workers=2, batch=8, progress=False)
@@ -233,12 +256,14 @@ def test_strips_captions_fit_and_do_not_overlap(labelled):
 def test_show_row_colorbar_is_optional():
     import matplotlib.pyplot as plt
 
+    from depthmask_utils import figures
+
     img = np.arange(64, dtype=np.uint8).reshape(8, 8)
-    fig = gallery.show_row([img, img], ["a", "b"])
+    fig = figures.show_row([img, img], ["a", "b"])
     assert len(fig.axes) == 2
     plt.close(fig)
-    fig = gallery.show_row([img, img], ["a", "b"], cmap="magma", colorbar=gallery.DEPTH_LABEL)
-    assert len(fig.axes) == 3 and gallery.DEPTH_LABEL in [ax.get_ylabel() for ax in fig.axes]
+    fig = figures.show_row([img, img], ["a", "b"], cmap="magma", colorbar=figures.DEPTH_LABEL)
+    assert len(fig.axes) == 3 and figures.DEPTH_LABEL in [ax.get_ylabel() for ax in fig.axes]
     plt.close(fig)
 
 

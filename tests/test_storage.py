@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from depthmask_utils.errors import DatasetError
-from depthmask_utils.storage import (ShardReader, atomic_write_bytes, decode_image, decode_png_gray, encode_jpeg_bgr,
+from depthmask_utils.storage import (ZIP_EPOCH, ShardReader, atomic_write_bytes, decode_image, decode_png_gray, encode_jpeg_bgr,
                                      encode_png, open_shard, remove_stale_temporaries, write_shard)
 
 
@@ -23,6 +23,42 @@ def test_jpeg_bgr_matches_pil_decoding():
     rgb[..., 0] = 250  # red
     dec = np.asarray(Image.open(io.BytesIO(encode_jpeg_bgr(rgb[..., ::-1].copy(), 95))))
     assert dec[..., 0].mean() > 240 and dec[..., 2].mean() < 10
+
+
+def test_shard_bytes_equal_zipfiles(tmp_path):
+    # write_shard packs the zip records itself for speed; zipfile is the reference.
+    rng = np.random.default_rng(0)
+    members = [(f"fg_bg/fg_bg_{i:03d}_000_0_00.jpg", rng.bytes(int(rng.integers(0, 5000)))) for i in range(20)]
+    members += [("depth/_labels.csv", b"id,lo,hi\n")]
+    ref = tmp_path / "ref.zip"
+    with zipfile.ZipFile(ref, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+    assert write_shard(tmp_path / "ours.zip", members) == len(members)
+    assert (tmp_path / "ours.zip").read_bytes() == ref.read_bytes()
+    with zipfile.ZipFile(tmp_path / "ours.zip") as zf:
+        assert zf.testzip() is None and [zf.read(n) for n, _ in members] == [d for _, d in members]
+    assert write_shard(tmp_path / "empty.zip", []) == 0
+    assert zipfile.ZipFile(tmp_path / "empty.zip").namelist() == []
+    # Past the plain zip's member limit: a clear refusal, and no shard under the final name.
+    with pytest.raises(DatasetError, match="too large for one shard"):
+        write_shard(tmp_path / "huge.zip", ((f"m/{i}.png", b"") for i in range(70_000)))
+    assert not (tmp_path / "huge.zip").exists()
+
+
+def test_grey_png_is_standard(tmp_path):
+    import cv2
+
+    rng = np.random.default_rng(1)
+    for img in (np.zeros((7, 5), np.uint8), rng.integers(0, 256, (224, 224), np.uint8), np.full((1, 300), 255, np.uint8)):
+        data = encode_png(img)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), img)
+        assert np.array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), img)
+        assert np.array_equal(decode_png_gray(data), img)
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()  # checks every chunk's CRC
 
 
 def test_shards_are_reproducible_and_atomic(tmp_path):
