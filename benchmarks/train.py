@@ -3,6 +3,7 @@
     python benchmarks/train.py                          # sample profile (100 rooms), its training config
     python benchmarks/train.py --world full --minutes 30  # 100 rooms x 100 people, 30-minute budget
     python benchmarks/train.py --on-the-fly             # the same, composites rebuilt every epoch
+    python benchmarks/train.py --refine                 # U-Net at 64 px + a mask refiner at 128 px
 
 Builds the dataset (sample world, scene depth) under data/bench/, trains, evaluates on the test
 groups, and prints measured figures next to the targets:
@@ -63,6 +64,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--on-the-fly", action="store_true", help="rebuild composites with new placements each epoch")
     ap.add_argument("--keep", action="store_true", help="keep the run folder")
+    ap.add_argument("--refine", action="store_true",
+                    help="train at the labels' size with the model at its usual size and a full-size mask refiner")
     args = ap.parse_args()
     torch.set_num_threads(2)
 
@@ -79,12 +82,15 @@ def main() -> None:
     cfg = TrainConfig.from_dict({**sample.train, "on_the_fly": args.on_the_fly, "checkpoint_every": 10**9})
     if args.epochs:
         cfg.epochs = args.epochs
+    if args.refine:  # the U-Net keeps its working size; data, loss and scores at the stored size
+        cfg.model_options = {**cfg.model_options, "refine_from": cfg.sizes[-1]}
+        cfg.sizes = (profile.size,)
     if args.minutes:
         per_step = step_seconds(cfg)
         cfg.samples_per_epoch = int(args.minutes * 60 / per_step / cfg.epochs) * cfg.batch_size
         print(f"budget {args.minutes} min at {per_step:.2f} s/step -> {cfg.samples_per_epoch} samples per epoch "
               f"x {cfg.epochs} epochs")
-    run = BENCH / f"run_{profile.name}{'_otf' if args.on_the_fly else ''}"
+    run = BENCH / f"run_{profile.name}{'_otf' if args.on_the_fly else ''}{'_refine' if args.refine else ''}"
     shutil.rmtree(run, ignore_errors=True)
     result = train(dataset, run, cfg, progress=False)
     minutes = result.seconds / 60

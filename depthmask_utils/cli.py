@@ -99,6 +99,8 @@ def _train_config(args):
     cfg = TrainConfig.from_dict({**cfg.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
     if args.size:  # the final size; progressive resizing keeps its smaller steps below it
         cfg.sizes = tuple(s for s in cfg.sizes if s < args.size) + (args.size,)
+    if args.refine_from:
+        cfg.model_options = {**cfg.model_options, "refine_from": args.refine_from}
     return cfg
 
 
@@ -254,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", choices=["auto", "cpu", "cuda"])
     sp.add_argument("--seed", type=int)
     sp.add_argument("--model", choices=list(MODELS))
+    sp.add_argument("--refine-from", type=int, metavar="PX",
+                    help="run the model at PX and refine the mask at --size (e.g. --size 128 --refine-from 64)")
     sp.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (and one at each epoch end)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar (logs one line per epoch)")
 

@@ -9,7 +9,8 @@ return a dict:
 * ``depth``: (N, 1, H, W) relative inverse depth in 0-1 (a sigmoid output, 1 = nearest).
 
 ``SmallUNet`` trains from scratch in minutes on a CPU; ``ResNetUNet`` uses a torchvision ResNet-18/34
-encoder (ImageNet weights optional) with a 6-channel first convolution.
+encoder (ImageNet weights optional) with a 6-channel first convolution. ``MaskRefiner`` runs either
+at a lower resolution and sharpens the mask at full resolution.
 """
 
 from __future__ import annotations
@@ -185,17 +186,64 @@ class ResNetUNet(nn.Module):
         return self.heads(x)
 
 
+class MaskRefiner(nn.Module):
+    """Runs ``base`` at ``work`` x ``work`` px and refines its mask at the input's resolution.
+
+    The base model sees both inputs shrunk to ``work`` px (an area average when the input is a
+    multiple of it). Its mask logits are upsampled bilinearly and corrected by a small head at full
+    resolution on the normalised fg_bg and bg, their scaled difference and the upsampled logits -
+    the idea of Background Matting v2's refiner, which also takes an image and its background. At
+    low resolution the outline of a small person is a few pixels wide; the difference image still
+    has it sharp at full resolution. The correction starts at zero, so an untrained refiner equals
+    the base model upsampled. Depth is upsampled bilinearly (it is smooth where it matters).
+
+    Inputs and outputs as the base model's, at any H, W: ``mask`` logits and ``depth`` (N, 1, H, W).
+    """
+
+    def __init__(self, base: nn.Module, work: int = 64, channels: int = 8):
+        super().__init__()
+        self.base, self.work = base, int(work)
+        self.refine = nn.Sequential(
+            nn.Conv2d(10, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, 1, 1))
+        nn.init.zeros_(self.refine[-1].weight)
+        nn.init.zeros_(self.refine[-1].bias)
+
+    def shrink(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C, work, work); an exact box average when H = W = k * work."""
+        h, w = x.shape[-2:]
+        if h == w and h % self.work == 0:
+            return x if h == self.work else F.avg_pool2d(x, h // self.work)
+        return F.interpolate(x, size=(self.work, self.work), mode="bilinear", align_corners=False, antialias=True)
+
+    def forward(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> dict[str, torch.Tensor]:
+        """fg_bg, bg: float (N, 3, H, W) in 0..1; returns ``mask`` logits and ``depth`` (N, 1, H, W)."""
+        size = fg_bg.shape[-2:]
+        out = self.base(self.shrink(fg_bg), self.shrink(bg))
+        up = F.interpolate(out["mask"], size=size, mode="bilinear", align_corners=False)
+        a, b = self.base.norm(fg_bg, bg)
+        mask = up + self.refine(torch.cat([a, b, (fg_bg - bg).abs() * 10, up], 1))
+        return {"mask": mask, "depth": F.interpolate(out["depth"], size=size, mode="bilinear", align_corners=False)}
+
+
 MODELS = ("small-unet", "resnet18", "resnet34")
 
 
 def build_model(name: str = "small-unet", stats: dict | None = None, pretrained: bool = False,
-                **kwargs) -> nn.Module:
-    """A model by name: ``small-unet`` (from scratch), ``resnet18`` or ``resnet34`` (U-Net decoder)."""
+                refine_from: int | None = None, **kwargs) -> nn.Module:
+    """A model by name: ``small-unet`` (from scratch), ``resnet18`` or ``resnet34`` (U-Net decoder).
+
+    ``refine_from``: run that model at this many pixels and refine its mask at the input's size
+    (:class:`MaskRefiner`); None runs it at the input's size.
+    """
     if name == "small-unet":
-        return SmallUNet(stats=stats, **kwargs)
-    if name in ("resnet18", "resnet34"):
-        return ResNetUNet(name, pretrained=pretrained, stats=stats, **kwargs)
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+        model = SmallUNet(stats=stats, **kwargs)
+    elif name in ("resnet18", "resnet34"):
+        model = ResNetUNet(name, pretrained=pretrained, stats=stats, **kwargs)
+    else:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return MaskRefiner(model, refine_from) if refine_from else model
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -217,5 +265,8 @@ def receptive_field(model: nn.Module, size: int = 128, output: str = "depth") ->
     out[0, 0, size // 2, size // 2].backward()
     g = (x.grad.abs().sum((0, 1)) + bg.grad.abs().sum((0, 1))) > 0
     model.train(was)
+    if not g.any():  # every ReLU path to the centre pixel is off for this input (a tiny random net can do that)
+        raise ValueError(f"no input pixel changes the centre {output} pixel of this model on this input; "
+                         "try another seed or a trained model")
     rows, cols = torch.nonzero(g.any(1)).flatten(), torch.nonzero(g.any(0)).flatten()
     return int(max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1))

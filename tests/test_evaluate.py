@@ -81,3 +81,20 @@ def test_export_onnx_matches_pytorch(run, tmp_path):
     assert max(r["max_abs_diff"].values()) < 1e-4
     out = cli("export", run, "--out", tmp_path / "cli.onnx")
     assert out.returncode == 0 and "onnxruntime vs PyTorch" in out.stdout
+
+
+def test_a_refined_model_trains_evaluates_and_exports(labelled, tmp_path):
+    from depthmask_utils.models import MaskRefiner
+
+    run = tmp_path / "refined"
+    cfg = TrainConfig(epochs=1, sizes=(32,), batch_size=8, workers=0, device="cpu",
+                      model_options={"base": 8, "levels": 2, "refine_from": 16})
+    train(labelled, run, cfg, progress=False, log=lambda *_: None)
+    from depthmask_utils.evaluate import load_model
+
+    model, meta = load_model(run, "cpu")
+    assert isinstance(model, MaskRefiner) and meta["size"] == 32
+    m = evaluate(run, labelled)
+    assert 0 <= m["test"]["mask_iou"] <= 1
+    r = export_onnx(run, tmp_path / "refined.onnx")
+    assert max(r["max_abs_diff"].values()) < 1e-4

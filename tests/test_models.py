@@ -41,9 +41,14 @@ def test_normalisation_comes_from_stats():
 
 
 def test_receptive_field_grows_with_depth():
+    torch.manual_seed(1)  # a tiny random net has its centre output dead for some seeds (ReLU): seed 0 is one
     small = M.receptive_field(M.SmallUNet(base=4, levels=2), 96)
     deep = M.receptive_field(M.SmallUNet(base=4, levels=4), 96)
     assert 10 < small < deep <= 96
+    dead = M.SmallUNet(base=4, levels=2)
+    torch.nn.init.zeros_(dead.heads.depth[0].weight)  # the depth head no longer sees its features
+    with pytest.raises(ValueError, match="no input pixel changes"):
+        M.receptive_field(dead, 96)
 
 
 def test_a_tiny_model_overfits_four_samples():
@@ -68,3 +73,65 @@ def test_a_tiny_model_overfits_four_samples():
         out = model(fg_bg, bg)
     assert iou(torch.sigmoid(out["mask"]), mask).min() > 0.95
     assert (out["depth"] - depth).abs().mean() < 0.05
+
+
+def test_mask_refiner_shapes_start_and_sizes():
+    torch.manual_seed(0)
+    model = M.build_model("small-unet", refine_from=16, base=4, levels=2).eval()
+    assert isinstance(model, M.MaskRefiner)
+    fg_bg, bg = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(fg_bg, bg)
+        base = model.base(torch.nn.functional.avg_pool2d(fg_bg, 2), torch.nn.functional.avg_pool2d(bg, 2))
+    assert out["mask"].shape == out["depth"].shape == (2, 1, 32, 32)
+    # the correction starts at zero: an untrained refiner is the base model, upsampled
+    up = torch.nn.functional.interpolate(base["mask"], size=(32, 32), mode="bilinear", align_corners=False)
+    assert torch.allclose(out["mask"], up, atol=1e-6)
+    with torch.no_grad():  # any size: inputs that are not a multiple of the working size are resized
+        odd = model(torch.rand(1, 3, 40, 40), torch.rand(1, 3, 40, 40))
+    assert odd["mask"].shape == (1, 1, 40, 40) and 0 <= odd["depth"].min() and odd["depth"].max() <= 1
+    extra = M.count_parameters(model) - M.count_parameters(M.build_model("small-unet", base=4, levels=2))
+    assert extra == 10 * 8 * 9 + 2 * 8 + 8 * 8 * 9 + 2 * 8 + 8 + 1  # two 3x3 convs with BN, a 1x1 conv
+
+
+def test_mask_refiner_sharpens_a_small_mask():
+    """Detail finer than the working size (1-px stripes, like hair or gaps between fingers): the base
+    model, shrunk to half size, sees only a blur there; the refiner sees the stripes in the difference."""
+    from depthmask_utils.losses import mask_loss
+    from depthmask_utils.metrics import iou
+
+    torch.manual_seed(0)
+    bg = torch.rand(4, 3, 64, 64)
+    mask = torch.zeros(4, 1, 64, 64)
+    for i in range(4):
+        mask[i, :, 10 + i:50, 20 + 2 * i:44 + 2 * i:2] = 1  # every other column: a comb of 1-px teeth
+    fg_bg = bg * (1 - mask) + mask * torch.tensor([0.9, 0.3, 0.2]).view(1, 3, 1, 1)
+    scores = {}
+    for refine in (None, 32):
+        torch.manual_seed(0)
+        model = M.build_model("small-unet", refine_from=refine, base=8, levels=2)
+        opt = torch.optim.Adam(model.parameters(), 3e-3)
+        x = (fg_bg, bg) if refine else (torch.nn.functional.avg_pool2d(fg_bg, 2), torch.nn.functional.avg_pool2d(bg, 2))
+        for _ in range(150):
+            logits = model(*x)["mask"]
+            if not refine:
+                logits = torch.nn.functional.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)
+            loss = mask_loss(logits, mask)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            logits = model(*x)["mask"]
+            if not refine:
+                logits = torch.nn.functional.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)
+        scores[refine] = float(iou(torch.sigmoid(logits), mask).mean())
+    assert scores[32] > 0.9 and scores[None] < 0.7, scores  # the base can at best cover the whole comb: IoU 0.5
+
+
+def test_cli_refine_from_reaches_the_model_options():
+    from depthmask_utils.cli import _train_config, build_parser
+
+    args = build_parser().parse_args(["train", "ds", "--out", "run", "--size", "128", "--refine-from", "64"])
+    cfg = _train_config(args)
+    assert cfg.sizes[-1] == 128 and cfg.model_options["refine_from"] == 64
+    assert isinstance(M.build_model(cfg.model, **cfg.model_options), M.MaskRefiner)
