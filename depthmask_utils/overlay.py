@@ -475,17 +475,17 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
     (out / "shards").mkdir(exist_ok=True)
     remove_stale_temporaries(out / "shards")
     todo = [bg for bg in range(len(bgs.images)) if not (out / "shards" / shard_name(bg)).exists()]
+    plan = dict(fg_sizes=fg_sizes, size=size, placements=placements, scale=scale, seed=seed)
     # Finished shards (a resumed run) are only planned, here; the rest are planned and written by workers.
-    planned = {bg: plan_background(bg, fg_sizes, size, placements, scale, seed, floors[bg] if floors else None)
+    planned = {bg: plan_background(bg, floor=floors[bg] if floors else None, **plan)
                for bg in range(len(bgs.images)) if bg not in todo}
-    total = len(bgs.images) * len(fg_sizes) * 2 * placements
     # Backgrounds and foreground pyramids in BGR(A) order, so OpenCV's JPEG encoder takes each
     # composite as it is; built once here and shared with the workers.
     bgr = [np.ascontiguousarray(b[..., ::-1]) for b in bgs.images]
     pyramids = pyramids_for([np.ascontiguousarray(f[..., [2, 1, 0, 3]]) for f in fgs.images], size, scale) if todo else []
-    plan = dict(fg_sizes=fg_sizes, size=size, placements=placements, scale=scale, seed=seed)
+    per_bg = len(fg_sizes) * 2 * placements
     t1 = time.perf_counter()
-    with tqdm(total=total, initial=total - len(todo) * len(fg_sizes) * 2 * placements, unit="img",
+    with tqdm(total=len(bgs.images) * per_bg, initial=(len(bgs.images) - len(todo)) * per_bg, unit="img",
               desc="composites", disable=not progress) as bar:
         if todo:
             for bg, bg_rows in run_tasks(_write_one_shard, [(str(out / "shards" / shard_name(bg)), bg) for bg in todo],

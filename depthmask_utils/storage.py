@@ -149,8 +149,6 @@ def encode_png(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-
-
 def decode_png_gray(data: bytes) -> np.ndarray | None:
     """Fast path for the greyscale PNGs :func:`encode_png` writes: uint8 (H, W), or None.
 
