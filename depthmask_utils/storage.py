@@ -29,13 +29,15 @@ from PIL import Image
 
 from .errors import DatasetError
 
-try:  # Intel's ISA-L: deflate, inflate and CRC-32 several times faster than zlib, same formats
-    from isal.isal_zlib import compress as _deflate
+try:  # Intel's ISA-L: inflate and CRC-32 several times faster than zlib, same formats
     from isal.isal_zlib import crc32 as _crc32
     from isal.isal_zlib import decompress as _inflate
     from isal.isal_zlib import error as _isal_error
 except ImportError:  # pragma: no cover - isal is in requirements.txt
-    _deflate, _crc32, _inflate, _isal_error = zlib.compress, zlib.crc32, zlib.decompress, zlib.error
+    _crc32, _inflate, _isal_error = zlib.crc32, zlib.decompress, zlib.error
+# Deflate stays zlib's: ISA-L's level-1 output was seen to differ between processes for the same
+# pixels (valid PNGs, other bytes), which breaks byte-identical resume; zlib's is deterministic.
+_deflate = zlib.compress
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: reproducible bytes
@@ -134,9 +136,8 @@ def encode_png(img: np.ndarray) -> bytes:
     """uint8 (H, W) or (H, W, 3|4) RGB(A) -> lossless PNG bytes.
 
     Single-channel images (masks, depth) - millions of them - are written here directly: no row
-    filter, and the pixel rows deflated by ISA-L at level 1 (zlib where ISA-L is missing). That is
-    ~3x faster than OpenCV's PNG writer at a few percent more bytes, and :func:`decode_png_gray`
-    reads it back with one inflate. Colour images (a few hundred prepared inputs) use PIL.
+    filter, and the pixel rows deflated by zlib at level 1, which :func:`decode_png_gray` reads back
+    with one inflate. Colour images (a few hundred prepared inputs) use PIL.
     """
     if img.ndim == 2:
         h, w = img.shape
