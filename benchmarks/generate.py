@@ -12,10 +12,12 @@ On the same inputs, in the same process (so the machine's load affects all three
 
 (a) is timed twice: end to end on the plan, and "at scale" - composites over the time of
 generate's own shard phase (``GenerateResult.seconds["shards"]``: planning, compositing, encoding,
-writing, worker start-up) in a run with 4x the placements, which is what the generator sustains
-at 400,000 composites. The at-scale runs and the bound alternate for three rounds and the verdict
-takes the median of the paired ratios: on this shared machine one noisy run can move either by a
-quarter.
+writing, worker start-up) in a run on 4x the rooms, which is what the generator sustains at
+400,000 composites: a shard is one room, and with many shards the last one leaves a worker idle
+for a small share of the run (a 1/4 shard's worth on average, ~2 % of 100 rooms on 2 workers), as
+at full scale; with the plan's 8 rooms it idled a worker for 7-12 % of the run. The at-scale runs alternate with the bound for five rounds, each run
+paired with the bounds measured just before and after it, and the verdict takes the median of
+the paired ratios: on this shared machine one noisy run can move either by a quarter.
 
 Then peak memory (max RSS of the main process and of any worker) for two dataset sizes, to
 show memory stays flat in the number of composites. Targets at 224 x 224 on 2 cores:
@@ -27,10 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +49,7 @@ from depthmask_utils.overlay import build_plan, composite, find_floors, generate
 from depthmask_utils.storage import encode_jpeg_bgr, encode_png  # noqa: E402
 
 SIZE = 224
+ROUNDS = 5  # at-scale runs, each between two bound measurements
 
 
 def photo_people(n: int, lo: int, hi: int) -> Path:
@@ -81,11 +86,12 @@ _ENC: dict = {}
 
 def _encode_chunk(args) -> int:
     lo, hi, repeat, quality = args
+    cpu = time.process_time()
     for _ in range(repeat):
         for i in range(lo, hi):
             encode_jpeg_bgr(_ENC["comps"][i], quality)
             encode_png(_ENC["masks"][i])
-    return (hi - lo) * repeat
+    return (hi - lo) * repeat, time.process_time() - cpu
 
 
 def bound_inputs(bgs, fgs, rows, n: int = 1000) -> None:
@@ -100,15 +106,17 @@ def bound_inputs(bgs, fgs, rows, n: int = 1000) -> None:
     _ENC.update(comps=comps, masks=masks)
 
 
-def encode_bound(quality: int, workers: int, repeat: int = 6) -> float:
-    """Composites/s for JPEG + PNG encoding alone of :func:`bound_inputs`' images, over ``workers`` processes."""
+def encode_bound(quality: int, workers: int, repeat: int = 12) -> tuple[float, float]:
+    """JPEG + PNG encoding alone of :func:`bound_inputs`' images over ``workers`` processes:
+    composites/s, and CPU seconds per composite."""
     comps = _ENC["comps"]
     step = len(comps) // workers
     chunks = [(i * step, (i + 1) * step if i < workers - 1 else len(comps), repeat, quality) for i in range(workers)]
     with mp.get_context("fork").Pool(workers) as pool:
         pool.map(_encode_chunk, chunks)  # warm-up
-        done, dt = timed(lambda: sum(pool.map(_encode_chunk, chunks)))
-    return done / dt
+        parts, dt = timed(pool.map, _encode_chunk, chunks)
+    done, cpu = map(sum, zip(*parts))
+    return done / dt, cpu / done
 
 
 def peak_memory(bg_dir: Path, fg_dir: Path, placements: int, workers: int) -> tuple[float, float, int]:
@@ -139,6 +147,7 @@ def main() -> None:
     args = ap.parse_args()
     workers = cores()
     w = world(args.n_bg, args.n_fg)
+    w4 = world(4 * args.n_bg, args.n_fg)  # the at-scale runs: 4x the rooms, the same people
     fg_dir = photo_people(args.n_fg, *args.fg_height) if args.fg_height else w / "fg"
     loaded = load_backgrounds(w / "bg", SIZE)
     bgs = loaded.images
@@ -151,30 +160,41 @@ def main() -> None:
           f"at {SIZE}x{SIZE}, JPEG q{args.quality}, {workers} cores; fg heights "
           f"{min(f.shape[0] for f in fgs)}-{max(f.shape[0] for f in fgs)} px")
 
-    def run(name: str, placements: int):
-        r, dt = timed(generate, w / "bg", fg_dir, tmp / name, size=SIZE, placements=placements, workers=workers,
+    def run(name: str, bg_dir: Path):
+        r, dt = timed(generate, bg_dir, fg_dir, tmp / name, size=SIZE, placements=args.placements, workers=workers,
                       jpeg_quality=args.quality, progress=False)
         shutil.rmtree(tmp / name)
         return r, dt
 
     tmp = Path(tempfile.mkdtemp())
     try:
-        r, t_gen = run("ds", args.placements)
+        r, t_gen = run("ds", w / "bg")
         assert r.composites == n
         gen = n / t_gen
         # The rate at scale: composites over the time of generate's shard phase (planning,
-        # compositing, encoding, writing; worker start-up included) in a run with 4x the placements,
-        # what the generator sustains at 400,000 composites. Each round pairs such a run with a bound
-        # measured right after it, so a busy spell on the shared machine slows both; the verdict
-        # uses the median of the paired ratios.
+        # compositing, encoding, writing; worker start-up included) in a run on 4x the rooms,
+        # what the generator sustains at 400,000 composites. The bound is measured before the
+        # first run and after every run, and each run is paired with the mean of the bounds on
+        # either side of it, so a busy spell on the shared machine slows both sides of a pair; the
+        # verdict uses the median of the paired ratios over ROUNDS rounds.
+        # CPU seconds per composite (the workers', from their rusage) are reported beside: less
+        # moved by other tenants' load than wall time, though not the target's measure.
         bound_inputs(bgs, fgs, rows)
-        at_scale, bounds = [], []
-        for _ in range(3):
-            r4, _ = run("x4", 4 * args.placements)
+        at_scale, at_scale_cpu, (b, b_cpu) = [], [], encode_bound(args.quality, workers)
+        bounds, bounds_cpu = [b], [b_cpu]
+        for _ in range(ROUNDS):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            r4, _ = run("x4", w4 / "bg")
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             at_scale.append(r4.composites / r4.seconds["shards"])
-            bounds.append(encode_bound(args.quality, workers))
-        ratios = sorted(a / b for a, b in zip(at_scale, bounds))
-        marginal, bound, ratio = float(np.median(at_scale)), float(np.median(bounds)), float(np.median(ratios))
+            at_scale_cpu.append((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / r4.composites)
+            b, b_cpu = encode_bound(args.quality, workers)
+            bounds.append(b)
+            bounds_cpu.append(b_cpu)
+        cpu_ratio = float(np.median(bounds_cpu)) / float(np.median(at_scale_cpu))
+        paired = [(a + b) / 2 for a, b in zip(bounds, bounds[1:])]
+        ratios = sorted(a / b for a, b in zip(at_scale, paired))
+        marginal, bound, ratio = float(np.median(at_scale)), float(np.median(paired)), float(np.median(ratios))
         m = max(1, n // 4)  # the per-file loop is slow; a quarter of the plan is plenty to time it
         done, t_loop = timed(per_file_loop, bgs, fgs, rows[:m], tmp / "files", args.quality)
         loop = done / t_loop
@@ -182,14 +202,17 @@ def main() -> None:
         shutil.rmtree(tmp)
 
     print(f"(a) generate (end to end, incl. input preparation): {gen:8.0f} composites/s  ({t_gen:.1f} s)")
-    print(f"(a') generate at scale, shard phase of {4 * n} composites: {marginal:8.0f} composites/s median "
+    print(f"(a') generate at scale, shard phase of {4 * n} composites on {4 * len(bgs)} rooms: {marginal:8.0f} composites/s median "
           f"(runs: {', '.join(f'{x:.0f}' for x in at_scale)})")
     print(f"(b) per-file PIL loop, 1 process:                  {loop:8.0f} composites/s")
     print(f"(c) encode bound, JPEG + PNG only, {workers} processes:     {bound:8.0f} composites/s median "
-          f"(runs: {', '.join(f'{x:.0f}' for x in bounds)})")
+          f"(runs, before/after each (a'): {', '.join(f'{x:.0f}' for x in bounds)})")
     print(f"ratio (a)/(b) = {gen / loop:.2f}x   target >= 2x: {verdict(gen / loop >= 2)}")
     print(f"ratio (a)/(c) = {gen / bound:.0%} end to end; (a')/(c) at scale, paired by round: "
           f"{', '.join(f'{x:.0%}' for x in ratios)}, median {ratio:.0%}; target >= 75%: {verdict(ratio >= 0.75)}")
+    print(f"CPU per composite: generator at scale {np.median(at_scale_cpu) * 1e6:.0f} us (workers, start-up and "
+          f"planning included), bound {np.median(bounds_cpu) * 1e6:.0f} us: the bound's share {cpu_ratio:.0%} "
+          "(medians; not the target's measure, less moved by other tenants' load)")
     print(f"throughput: {gen:.0f}/s end to end, {marginal:.0f}/s at scale; target >= 4,000/s: "
           f"{verdict(marginal >= 4000)}; 400,000 composites would take {400_000 / marginal / 60:.1f} min")
 

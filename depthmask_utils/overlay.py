@@ -32,20 +32,22 @@ from .errors import DatasetError, InputError
 from .masks import alpha_to_mask, load_foregrounds
 from .parallel import run_tasks
 from .storage import (MANIFEST_FIELDS, PLACEMENT_FIELDS, atomic_write_bytes, atomic_write_json, composite_id,
-                      encode_jpeg_bgr, encode_png, read_json, remove_stale_temporaries, shard_name, write_manifest,
+                      encode_jpeg_bgr, encode_png, encode_png_rows, read_json, remove_stale_temporaries, shard_name, write_manifest,
                       write_shard)
 
 
 # --------------------------------------------------------------------------- the plan
 
-def fit_boxes(fg_w: int, fg_h: int, size: int, fracs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fit_boxes(fg_w: int | np.ndarray, fg_h: int | np.ndarray, size: int,
+              fracs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(w, h) int64 arrays of a foreground scaled so h = frac * size for each of ``fracs``, aspect kept,
-    shrunk to fit the frame. Rounds half to even, like Python's ``round``.
+    shrunk to fit the frame. Rounds half to even, like Python's ``round``. ``fg_w`` and ``fg_h`` may
+    be arrays that broadcast against ``fracs`` (many foregrounds at once).
     """
     h = np.maximum(1, np.round(np.asarray(fracs, np.float64) * size)).astype(np.int64)
     w = np.maximum(1, np.round(h * fg_w / fg_h)).astype(np.int64)
     wide = w > size  # a very wide figure: fit the width instead, aspect kept
-    h = np.where(wide, max(1, round(size * fg_h / fg_w)), h)
+    h = np.where(wide, np.maximum(1, np.round(size * np.asarray(fg_h) / fg_w)).astype(np.int64), h)
     return np.where(wide, size, w), np.minimum(h, size)
 
 
@@ -116,62 +118,132 @@ def perspective_range(scale: tuple[float, float]) -> tuple[float, float]:
     return 0.6 * scale[0], min(1.0, 1.3 * scale[1])
 
 
+class BoxMin:
+    """Minimum of a 2-D array over many boxes at once, exactly: a sparse table of the minima of
+    every 2^i x 2^j block, so any box is the minimum of four (overlapping) blocks.
+
+    Built once per room, each block size on first use (a room's bodies need about 20 of the 64),
+    instead of a numpy ``min`` per candidate box, which was two thirds of the planning time.
+    """
+
+    def __init__(self, a: np.ndarray):
+        self._blocks = {(0, 0): a}
+
+    def block(self, i: int, j: int) -> np.ndarray:
+        """Minima of the 2^i x 2^j blocks: ``out[y, x] = a[y:y + 2^i, x:x + 2^j].min()`` where it fits."""
+        if (i, j) not in self._blocks:
+            if j:
+                prev, k = self.block(i, j - 1), 1 << (j - 1)
+                self._blocks[i, j] = np.minimum(prev[:, :-k], prev[:, k:])
+            else:
+                prev, k = self.block(i - 1, 0), 1 << (i - 1)
+                self._blocks[i, j] = np.minimum(prev[:-k], prev[k:])
+        return self._blocks[i, j]
+
+    def __call__(self, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> np.ndarray:
+        """Minimum over rows [y0, y1) and columns [x0, x1) for each box; int arrays, non-empty boxes."""
+        i = np.frexp((y1 - y0).astype(np.float64))[1] - 1  # floor(log2(height)), exact for integers
+        j = np.frexp((x1 - x0).astype(np.float64))[1] - 1
+        out = np.empty(len(x0), self._blocks[0, 0].dtype)
+        for a, b in set(zip(i.tolist(), j.tolist())):
+            sel = (i == a) & (j == b)
+            t, ya, yb, xa, xb = self.block(a, b), y0[sel], y1[sel] - (1 << a), x0[sel], x1[sel] - (1 << b)
+            out[sel] = np.minimum(np.minimum(t[ya, xa], t[ya, xb]), np.minimum(t[yb, xa], t[yb, xb]))
+        return out
+
+
 def plan_floor_placements(fg_w: int, fg_h: int, size: int, n: int, scale: tuple[float, float],
-                          rng: np.random.Generator, floor: Floor) -> tuple[np.ndarray, np.ndarray] | None:
+                          rng: np.random.Generator, floor: Floor,
+                          depth_min: BoxMin | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """``n`` distinct boxes whose foot point (bottom-centre pixel) lies on ``floor.mask``.
 
     Without depth the height is ``uniform(scale) * size`` as in :func:`plan_placements`. With depth it
     follows perspective: ``mid(scale) * z_ref / z_foot`` times a real-height spread, where ``z_ref``
     is the median floor depth, so a person at the typical floor distance has the typical height, and
-    boxes with a nearer surface in front of the body (:func:`_occluded`) are redrawn.
+    boxes with a nearer surface in front of the body (:func:`occluded`) are redrawn.
     Returns int64 (n, 4) boxes and (n, 2) foot points, or None if the floor cannot hold ``n``.
+    :func:`plan_floor_placements_many` does the same for many foregrounds at once.
+    """
+    return plan_floor_placements_many([(fg_w, fg_h)], size, n, scale, [rng], floor, depth_min)[0]
+
+
+def plan_floor_placements_many(fg_sizes: list[tuple[int, int]], size: int, n: int, scale: tuple[float, float],
+                               rngs: list[np.random.Generator], floor: Floor, depth_min: BoxMin | None = None
+                               ) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """:func:`plan_floor_placements` for each (``fg_sizes[j]``, ``rngs[j]``), the same results, computed
+    together: a room's 200 (person, flip) plans of 20 boxes each cost ~1/5 of planning them one by one.
+
+    ``depth_min``, a :class:`BoxMin` of ``floor.depth``, is built here if not given.
     """
     ys, xs = floor.points
     if ys.size == 0:
-        return None
+        return [None] * len(rngs)
     lo, hi = scale
     depth = floor.depth
     if depth is not None:
         h_lo, h_hi = perspective_range(scale)
-    boxes, feet, seen = [], [], set()
+        depth_min = depth_min or BoxMin(depth)
+    fg_w, fg_h = (np.array(v, np.int64)[:, None] for v in zip(*fg_sizes))
+    boxes, feet = [[] for _ in rngs], [[] for _ in rngs]
+    seen = [np.empty(0, np.int64) for _ in rngs]
+    todo = list(range(len(rngs)))
     batch = 4 * n + 16
-    # Candidates are drawn in batches (two generator calls for a whole batch instead of two per
-    # candidate: planning was a tenth of generate's time) and accepted in order, so the plan is
-    # still a pure function of the generator's stream.
+    # Each stream draws its candidates in batches (two generator calls per batch instead of two per
+    # candidate) and accepts them in order - the first n that fit, are not occluded and are not a
+    # repeat - so each plan is a pure function of its own stream; the arithmetic runs on all the
+    # streams' batches at once.
     for _ in range(50):
-        i = rng.integers(ys.size, size=batch)
+        draws = [(rngs[j].integers(ys.size, size=batch),
+                  rngs[j].uniform(*(PERSPECTIVE_SPREAD if depth is not None else scale), size=batch)) for j in todo]
+        i, u = (np.stack(d) for d in zip(*draws))  # (streams, batch)
         fx, fy = xs[i], ys[i]
         if depth is None:
-            frac = rng.uniform(lo, hi, size=batch)
-            ok = np.ones(batch, bool)
+            frac, ok = u, np.ones(i.shape, bool)
         else:
             z_foot = np.maximum(depth[fy, fx], 1e-6).astype(np.float64)
-            frac = (lo + hi) / 2 * floor.z_ref / z_foot * rng.uniform(*PERSPECTIVE_SPREAD, size=batch)
+            frac = (lo + hi) / 2 * floor.z_ref / z_foot * u
             ok = (h_lo <= frac) & (frac <= h_hi)
-        w, h = fit_boxes(fg_w, fg_h, size, frac)
+        w, h = fit_boxes(fg_w[todo], fg_h[todo], size, frac)
         x, y = fx - w // 2, fy - h + 1
         ok &= (x >= 0) & (y >= 0) & (x + w <= size)
-        for j in np.flatnonzero(ok).tolist():
-            box = (int(x[j]), int(y[j]), int(w[j]), int(h[j]))
-            if box in seen or (depth is not None and _occluded(depth, box, float(z_foot[j]))):
-                continue
-            seen.add(box)
-            boxes.append(box)
-            feet.append((int(fx[j]), int(fy[j])))
-            if len(boxes) == n:
-                return np.array(boxes, dtype=np.int64), np.array(feet, dtype=np.int64)
-    return None
+        if depth is not None:
+            c = np.nonzero(ok)
+            ok[c] = ~occluded(depth_min, x[c], y[c], w[c], h[c], z_foot[c])
+        r, c = np.nonzero(ok)  # stream by stream, each in draw order
+        keys = ((x[r, c] * (size + 1) + y[r, c]) * (size + 1) + w[r, c]) * (size + 1) + h[r, c]  # one int per box
+        _, first = np.unique(r * (size + 1) ** 4 + keys, return_index=True)  # a repeat counts where first drawn
+        first.sort()
+        r, c, keys = r[first], c[first], keys[first]
+        ends = np.searchsorted(r, np.arange(len(todo) + 1))
+        still = []
+        for row, j in enumerate(todo):
+            cc, kk = c[ends[row]:ends[row + 1]], keys[ends[row]:ends[row + 1]]
+            if seen[j].size:  # and not at all if an earlier batch took it
+                fresh = ~np.isin(kk, seen[j])
+                cc, kk = cc[fresh], kk[fresh]
+            cc, kk = cc[:n - seen[j].size], kk[:n - seen[j].size]
+            boxes[j].append(np.stack([x[row, cc], y[row, cc], w[row, cc], h[row, cc]], axis=1))
+            feet[j].append(np.stack([fx[row, cc], fy[row, cc]], axis=1))
+            seen[j] = np.concatenate([seen[j], kk])
+            if seen[j].size < n:
+                still.append(j)
+        todo = still
+        if not todo:
+            break
+    return [(np.concatenate(b).astype(np.int64), np.concatenate(f).astype(np.int64)) if s.size == n else None
+            for b, f, s in zip(boxes, feet, seen)]
 
 
-def _occluded(depth: np.ndarray, box: tuple[int, int, int, int], z_foot: float) -> bool:
-    """Would something nearer than the feet (a sofa back, a table) stand in front of the body?
+def occluded(depth_min: BoxMin, x: np.ndarray, y: np.ndarray, w: np.ndarray, h: np.ndarray,
+             z_foot: np.ndarray) -> np.ndarray:
+    """Would something nearer than the feet (a sofa back, a table) stand in front of each body?
 
-    Checks the middle half of the box: the person is pasted over it, so a nearer surface there
-    would make them stand behind the furniture yet appear in front of it.
+    Checks the middle half of each box (x, y, w, h): the person is pasted over it, so a surface
+    more than 3 % nearer than the feet there would make them stand behind the furniture yet appear
+    in front of it. ``depth_min`` is a :class:`BoxMin` of the room's depth; returns bool (n,).
     """
-    x, y, w, h = box
-    body = depth[y:y + h, x + w // 4:x + w - w // 4]
-    return body.size > 0 and float(body.min()) < 0.97 * z_foot
+    body = depth_min(x + w // 4, y, x + w - w // 4, y + h)
+    return body.astype(np.float64) < 0.97 * z_foot
 
 
 def load_floor(mask_path: Path, depth_path: Path | None, size: int) -> Floor:
@@ -236,21 +308,25 @@ def plan_background(bg: int, fg_sizes: list[tuple[int, int]], size: int, placeme
     rows do not depend on the other rooms: workers plan the room whose shard they write.
     """
     floor = floor if floor is not None and floor.usable else None
+    depth_min = BoxMin(floor.depth) if floor is not None and floor.depth is not None else None  # once per room
+    shard = f"shards/{shard_name(bg)}"
+    pairs = [(fg, flip) for fg in range(len(fg_sizes)) for flip in (0, 1)]
+    on_floor = plan_floor_placements_many([fg_sizes[fg] for fg, _ in pairs], size, placements, scale,
+                                          [placement_rng(seed, bg, fg, flip) for fg, flip in pairs], floor,
+                                          depth_min) if floor else [None] * len(pairs)
     rows = []
-    for fg, (fw, fh) in enumerate(fg_sizes):
-        for flip in (0, 1):
-            rng = placement_rng(seed, bg, fg, flip)
-            planned = plan_floor_placements(fw, fh, size, placements, scale, rng, floor) if floor else None
-            mode = "floor" if planned is not None else "uniform"
-            if planned is None:
-                boxes = plan_placements(fw, fh, size, placements, scale, placement_rng(seed, bg, fg, flip))
-                feet = np.stack([boxes[:, 0] + boxes[:, 2] // 2, boxes[:, 1] + boxes[:, 3] - 1], axis=1)
-            else:
-                boxes, feet = planned
-            for k, ((x, y, w, h), (fx, fy)) in enumerate(zip(boxes.tolist(), feet.tolist())):
-                rows.append({"id": composite_id(fg, bg, flip, k), "bg": bg, "fg": fg, "flip": flip, "k": k,
-                             "x": x, "y": y, "w": w, "h": h, "shard": f"shards/{shard_name(bg)}",
-                             "placement": mode, "foot_x": fx, "foot_y": fy})
+    for (fg, flip), planned in zip(pairs, on_floor):
+        fw, fh = fg_sizes[fg]
+        mode = "floor" if planned is not None else "uniform"
+        if planned is None:
+            boxes = plan_placements(fw, fh, size, placements, scale, placement_rng(seed, bg, fg, flip))
+            feet = np.stack([boxes[:, 0] + boxes[:, 2] // 2, boxes[:, 1] + boxes[:, 3] - 1], axis=1)
+        else:
+            boxes, feet = planned
+        prefix = composite_id(fg, bg, flip, 0)[:-2]  # the id up to k, formatted once per (fg, flip)
+        rows += [{"id": f"{prefix}{k:02d}", "bg": bg, "fg": fg, "flip": flip, "k": k, "x": x, "y": y, "w": w,
+                  "h": h, "shard": shard, "placement": mode, "foot_x": fx, "foot_y": fy}
+                 for k, ((x, y, w, h), (fx, fy)) in enumerate(zip(boxes.tolist(), feet.tolist()))]
     return rows
 
 
@@ -374,12 +450,26 @@ def shard_members(bgr: np.ndarray, pyramids: list[ForegroundPyramid], rows: list
     """Yield (member name, bytes) for one shard: fg_bg/<id>.jpg then mask/<id>.png per row.
 
     ``bgr`` and the pyramids are in BGR(A) channel order, which OpenCV's JPEG encoder expects.
+    The bytes are those of :func:`composite` and :func:`~depthmask_utils.storage.encode_png`
+    (tested), but each person is blended into one working copy of the background, restored after
+    encoding, and each mask pasted into one zeroed PNG row buffer, cleared after: no whole frame is
+    copied or zeroed per composite.
     """
+    canvas = bgr.copy()
+    mask_rows = np.zeros((bgr.shape[0], bgr.shape[1] + 1), np.uint8)  # PNG layout: a filter byte, then pixels
     for row in rows:
-        placed = pyramids[row["fg"]].placed(row["flip"], row["w"], row["h"])
-        fg_bg, mask = composite(bgr, placed, row["x"], row["y"])
-        yield member("fg_bg", row["id"]), encode_jpeg_bgr(fg_bg, jpeg_quality)
-        yield member("mask", row["id"]), encode_png(mask)
+        x, y, w, h = row["x"], row["y"], row["w"], row["h"]
+        placed = pyramids[row["fg"]].placed(row["flip"], w, h)
+        patch = canvas[y:y + h, x:x + w]
+        blend_premultiplied(patch, placed, dst=patch)
+        jpeg = encode_jpeg_bgr(canvas, jpeg_quality)
+        patch[:] = bgr[y:y + h, x:x + w]
+        alpha = mask_rows[y:y + h, 1 + x:1 + x + w]
+        alpha[:] = placed[..., 3]
+        png = encode_png_rows(mask_rows)
+        alpha[:] = 0
+        yield member("fg_bg", row["id"]), jpeg
+        yield member("mask", row["id"]), png
 
 
 def _write_one_shard(task: tuple[str, int]) -> tuple[int, list[dict]]:

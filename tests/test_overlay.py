@@ -47,6 +47,24 @@ def test_placements_distinct_in_bounds_deterministic(fw, fh, size, n, lo, span, 
     assert np.all(np.abs(w / h - fw / fh) <= (fw / fh) * (1 / h) + 1 / h + 1e-9)
 
 
+def test_shard_members_are_composite_and_encode_png():
+    # The generator blends into one working frame and pastes masks into one PNG row buffer, restoring
+    # both after each composite; the bytes must be those of the plain functions, in every position.
+    from depthmask_utils.overlay import shard_members
+
+    rng = np.random.default_rng(5)
+    bgr = rng.integers(0, 256, (64, 64, 3), np.uint8)
+    pyramids = [ForegroundPyramid(rng.integers(0, 256, (90, 40, 4), np.uint8), 70, 8)]
+    rows = [{"id": f"c{i}", "fg": 0, "flip": i % 2, "x": x, "y": y, "w": w, "h": h}
+            for i, (x, y, w, h) in enumerate([(0, 0, 20, 45), (44, 19, 20, 45), (10, 30, 5, 11), (0, 0, 28, 64),
+                                              (30, 2, 12, 27), (0, 0, 20, 45)])]
+    members = list(shard_members(bgr, pyramids, rows, 90))
+    assert [m for m, _ in members] == [f"{c}/{r['id']}.{e}" for r in rows for c, e in (("fg_bg", "jpg"), ("mask", "png"))]
+    for r, ((_, jpeg), (_, png)) in zip(rows, zip(members[::2], members[1::2])):
+        fg_bg, mask = composite(bgr, pyramids[0].placed(r["flip"], r["w"], r["h"]), r["x"], r["y"])
+        assert jpeg == storage.encode_jpeg_bgr(fg_bg, 90) and png == storage.encode_png(mask)
+
+
 def test_placement_streams_differ_per_key():
     a = plan_placements(50, 100, 224, 20, (0.35, 0.65), placement_rng(0, 1, 2, 0))
     b = plan_placements(50, 100, 224, 20, (0.35, 0.65), placement_rng(0, 1, 2, 1))

@@ -56,6 +56,78 @@ def test_nothing_nearer_stands_in_front_of_the_body():
         assert body.min() >= 0.97 * floor.depth[y + h - 1, x + w // 2]
 
 
+def test_box_min_is_numpys_min_over_every_box():
+    rng = np.random.default_rng(0)
+    for shape in ((1, 1), (37, 53), (224, 224)):
+        a = rng.random(shape, dtype=np.float32)
+        box_min = overlay.BoxMin(a)
+        x0, y0 = rng.integers(0, shape[1], 500), rng.integers(0, shape[0], 500)
+        x1, y1 = x0 + 1 + rng.integers(0, shape[1] - x0), y0 + 1 + rng.integers(0, shape[0] - y0)
+        want = [a[ya:yb, xa:xb].min() for xa, ya, xb, yb in zip(x0, y0, x1, y1)]
+        assert np.array_equal(box_min(x0, y0, x1, y1), np.array(want, np.float32))
+
+
+def _plan_one_by_one(fg_w, fg_h, size, n, scale, rng, floor):
+    """The planner's definition, one candidate at a time: the first n candidates that fit in the frame,
+    have no nearer surface over the body and are not a box already taken (the batched code must agree)."""
+    ys, xs = floor.points
+    lo, hi = scale
+    boxes, feet = [], []
+    for _ in range(50):
+        i = rng.integers(ys.size, size=4 * n + 16)
+        fx, fy = xs[i], ys[i]
+        z_foot = np.maximum(floor.depth[fy, fx], 1e-6).astype(np.float64)
+        frac = (lo + hi) / 2 * floor.z_ref / z_foot * rng.uniform(*overlay.PERSPECTIVE_SPREAD, size=i.size)
+        w, h = overlay.fit_boxes(fg_w, fg_h, size, frac)
+        h_lo, h_hi = overlay.perspective_range(scale)
+        for j in range(i.size):
+            box = (int(fx[j] - w[j] // 2), int(fy[j] - h[j] + 1), int(w[j]), int(h[j]))
+            x, y, bw, bh = box
+            if not (h_lo <= frac[j] <= h_hi and x >= 0 and y >= 0 and x + bw <= size) or box in boxes:
+                continue
+            if floor.depth[y:y + bh, x + bw // 4:x + bw - bw // 4].min() < 0.97 * z_foot[j]:
+                continue
+            boxes.append(box)
+            feet.append((int(fx[j]), int(fy[j])))
+            if len(boxes) == n:
+                return np.array(boxes), np.array(feet)
+    return None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batched_floor_plan_is_the_one_by_one_plan(seed):
+    floor = _floor(size=96, horizon=20)
+    floor.depth[30:70, 30:66] = 0.5  # a sofa back: many candidates are redrawn
+    floor.mask[30:70, 30:66] = False
+    for fg_w, fg_h, n in ((20, 50, 12), (8, 60, 60), (40, 30, 5)):
+        got = overlay.plan_floor_placements(fg_w, fg_h, 96, n, (0.35, 0.65), np.random.default_rng(seed), floor)
+        want = _plan_one_by_one(fg_w, fg_h, 96, n, (0.35, 0.65), np.random.default_rng(seed), floor)
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("with_depth", [False, True])
+def test_many_streams_at_once_plan_as_each_alone(with_depth):
+    # plan_background plans a room's (person, flip) streams together; each must get its own plan,
+    # including streams that need several batches and ones the floor cannot hold (None).
+    floor = _floor(size=96, horizon=20, with_depth=with_depth)
+    if with_depth:
+        floor.depth[30:70, 30:66] = 0.5
+    floor.mask[30:70, 30:66] = False
+    sizes = [(20, 50), (8, 60), (40, 30), (300, 20), (5, 90), (30, 30)]
+    for n in (3, 20, 150):
+        many = overlay.plan_floor_placements_many(sizes, 96, n, (0.35, 0.65),
+                                                  [np.random.default_rng(k) for k in range(len(sizes))], floor)
+        alone = [overlay.plan_floor_placements(w, h, 96, n, (0.35, 0.65), np.random.default_rng(k), floor)
+                 for k, (w, h) in enumerate(sizes)]
+        assert any(a is not None for a in alone)
+        for m, a in zip(many, alone):
+            assert (m is None) == (a is None)
+            if a is not None:
+                assert np.array_equal(m[0], a[0]) and np.array_equal(m[1], a[1])
+
+
 def test_no_floor_means_no_floor_plan():
     floor = overlay.Floor(np.zeros((64, 64), bool))
     assert not floor.usable
