@@ -31,9 +31,9 @@ from .dataset import DATASET_JSON, FORMAT, MANIFEST_CSV, PARAMS_JSON, member, me
 from .errors import DatasetError, InputError
 from .masks import alpha_to_mask, load_foregrounds
 from .parallel import run_tasks
-from .storage import (MANIFEST_FIELDS, PLACEMENT_FIELDS, atomic_write_bytes, atomic_write_json, composite_id,
-                      encode_jpeg_bgr, encode_png, encode_png_rows, read_json, remove_stale_temporaries, shard_name, write_manifest,
-                      write_shard)
+from .storage import (GREY_PNG_DEFLATE, MANIFEST_FIELDS, PLACEMENT_FIELDS, atomic_write_bytes, atomic_write_json,
+                      composite_id, encode_jpeg_bgr, encode_png, encode_png_rows, read_json, remove_stale_temporaries,
+                      shard_name, write_manifest, write_shard)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -545,6 +545,7 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
     placement = "floor" if floors is not None else "uniform"
     params = {"size": size, "placements": placements, "scale": list(scale), "seed": seed,
               "jpeg_quality": jpeg_quality, "placement": placement, "plan_version": PLAN_VERSION,
+              "png_deflate": GREY_PNG_DEFLATE,
               "bg_sources": bgs.sources,
               "fg_sources": fgs.sources}
     lock = out / PARAMS_JSON

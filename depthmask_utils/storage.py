@@ -41,11 +41,17 @@ try:  # Intel's ISA-L: deflate, inflate and CRC-32 several times faster than zli
         # bytes for the same pixels; none with address randomisation off), which breaks byte-identical
         # resume. Level 0 keeps no buffer between calls: 90 of 90 processes agreed, tests check it.
         return _isal_compress(data, 0)
+
+    GREY_PNG_DEFLATE = "isal-0"
 except ImportError:  # pragma: no cover - isal is in requirements.txt
     _crc32, _inflate, _isal_error = zlib.crc32, zlib.decompress, zlib.error
 
     def _deflate(data) -> bytes:
         return zlib.compress(data, 1)
+
+    GREY_PNG_DEFLATE = "zlib-1"
+# Which deflate writes the grey PNGs: other bytes for the same pixels, so generate records it with
+# its parameters and refuses to resume a dataset begun by another (it would not be byte-identical).
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
