@@ -549,18 +549,26 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
               "bg_sources": bgs.sources,
               "fg_sources": fgs.sources}
     lock = out / PARAMS_JSON
+    kept = False  # a finished dataset left exactly as it is
     if lock.exists() and _params_digest(read_json(lock)) != _params_digest(params):
-        raise DatasetError(f"{out}: holds a dataset made with other parameters or inputs (see {lock.name}); "
-                           "choose a new folder or delete this one")
+        # A finished dataset whose only difference is the PNG deflate (an older version of this
+        # package) needs nothing written, so it is kept as it is; an unfinished one is refused,
+        # since resuming it would mix two encoders' bytes.
+        kept = (out / DATASET_JSON).exists() and \
+            all((out / "shards" / shard_name(bg)).exists() for bg in range(len(bgs.images))) and \
+            _params_digest({**read_json(lock), "png_deflate": GREY_PNG_DEFLATE}) == _params_digest(params)
+        if not kept:
+            raise DatasetError(f"{out}: holds a dataset made with other parameters or inputs (see {lock.name}); "
+                               "choose a new folder or delete this one")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(lock, params)
-
-    # The prepared inputs: what the model's data loader reads as bg, and what verify checks masks against.
-    for i, arr in enumerate(bgs.images):
-        atomic_write_bytes(prepared_path(out, "bg", i), encode_png(arr))
-    for j, rgba in enumerate(fgs.images):
-        atomic_write_bytes(prepared_path(out, "fg", j), encode_png(rgba))
-        atomic_write_bytes(prepared_path(out, "fg_mask", j), encode_png(alpha_to_mask(rgba[..., 3])))
+    if not kept:
+        atomic_write_json(lock, params)
+        # The prepared inputs: what the model's data loader reads as bg, and what verify checks masks against.
+        for i, arr in enumerate(bgs.images):
+            atomic_write_bytes(prepared_path(out, "bg", i), encode_png(arr))
+        for j, rgba in enumerate(fgs.images):
+            atomic_write_bytes(prepared_path(out, "fg", j), encode_png(rgba))
+            atomic_write_bytes(prepared_path(out, "fg_mask", j), encode_png(alpha_to_mask(rgba[..., 3])))
 
     fg_sizes = [(f.shape[1], f.shape[0]) for f in fgs.images]
     (out / "shards").mkdir(exist_ok=True)

@@ -39,7 +39,8 @@ try:  # Intel's ISA-L: deflate, inflate and CRC-32 several times faster than zli
         # Level 0 (ISA-L's fastest; still Huffman + matches, unlike zlib's 0) and not level 1: level 1's
         # output was seen to depend on where the process's memory lies (6 of 30 processes wrote other
         # bytes for the same pixels; none with address randomisation off), which breaks byte-identical
-        # resume. Level 0 keeps no buffer between calls: 90 of 90 processes agreed, tests check it.
+        # resume. Why is not established; level 0 needs none of the extra hash-table buffer levels 1-3
+        # allocate, and 90 of 90 processes agreed on it. test_storage checks across fresh processes.
         return _isal_compress(data, 0)
 
     GREY_PNG_DEFLATE = "isal-0"
@@ -152,7 +153,8 @@ def encode_png(img: np.ndarray) -> bytes:
 
     Single-channel images (masks, depth) - millions of them - are written here directly: no row
     filter, and the pixel rows deflated by ISA-L at its level 0 (~8x faster than zlib's level 1,
-    about 25 % larger), which :func:`decode_png_gray` reads back with one inflate. Colour images (a few hundred prepared inputs) use PIL.
+    about 25 % larger; zlib's level 1 where ISA-L is missing, see ``GREY_PNG_DEFLATE``), which
+    :func:`decode_png_gray` reads back with one inflate. Colour images (a few hundred prepared inputs) use PIL.
     """
     if img.ndim == 2:
         h, w = img.shape

@@ -281,8 +281,15 @@ def test_a_dataset_planned_by_an_older_version_is_not_resumed(built, tmp_path, w
     shutil.copytree(built, dst)
     params = json.loads((dst / "params.json").read_text())
     assert params["plan_version"] == PLAN_VERSION
-    next(dst.glob("shards/*.zip")).unlink()  # unfinished: a resume would mix two plans
     info = json.loads((built / "dataset.json").read_text())
+    # Finished by an older version that deflated masks otherwise: nothing to write, so it is kept.
+    (dst / "params.json").write_text(json.dumps({**params, "png_deflate": "zlib-1"}))
+    before = {f: f.read_bytes() for f in dst.rglob("*") if f.is_file()}
+    kept = generate(world / "bg", world / "fg", dst, size=info["params"]["size"],
+                    placements=info["params"]["placements"], workers=1, progress=False)
+    assert kept.shards_written == 0 and kept.composites == info["counts"]["composites"]
+    assert {f: f.read_bytes() for f in dst.rglob("*") if f.is_file()} == before  # params.json included
+    next(dst.glob("shards/*.zip")).unlink()  # unfinished: a resume would mix two plans
     # The same for a dataset whose masks another deflate wrote (other bytes for the same pixels).
     for older in ({"plan_version": PLAN_VERSION - 1}, {"png_deflate": "zlib-1"}):
         (dst / "params.json").write_text(json.dumps({**params, **older}))
