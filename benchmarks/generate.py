@@ -15,9 +15,10 @@ generate's own shard phase (``GenerateResult.seconds["shards"]``: planning, comp
 writing, worker start-up) in a run on 4x the rooms, which is what the generator sustains at
 400,000 composites: a shard is one room, and the last shard leaves a worker idle for about half a
 shard, ~1.5 % of 32 rooms' run on 2 workers (0.5 % of 100 rooms'); with the plan's 8 rooms it
-idled a worker for 7-12 % of the run. The bound encodes composites of those same 32 rooms. The at-scale runs alternate with the bound for five rounds, each run
-paired with the bounds measured just before and after it, and the verdict takes the median of
-the paired ratios: on this shared machine one noisy run can move either by a quarter.
+idled a worker for 7-12 % of the run. The bound encodes composites of those same 32 rooms. The
+at-scale runs alternate with the bound for five rounds, each run paired with the bounds measured
+just before and after it, and the verdict takes the median of the paired ratios: on this shared
+machine one noisy run can move either by a quarter.
 
 Then peak memory (max RSS of the main process and of any worker) for two dataset sizes, to
 show memory stays flat in the number of composites. Targets at 224 x 224 on 2 cores:
@@ -119,6 +120,14 @@ def encode_bound(quality: int, workers: int, repeat: int = 12) -> tuple[float, f
     return done / dt, cpu / done
 
 
+def plan_rooms(world_dir: Path, fgs: list[np.ndarray], placements: int) -> tuple[list[np.ndarray], list[dict]]:
+    """The world's backgrounds at SIZE and the plan generate makes for them with ``fgs`` (floors included)."""
+    loaded = load_backgrounds(world_dir / "bg", SIZE)
+    floors = find_floors(world_dir / "bg", loaded.sources, SIZE)
+    sizes = [(f.shape[1], f.shape[0]) for f in fgs]
+    return loaded.images, build_plan(sizes, len(loaded.images), SIZE, placements, (0.35, 0.65), 0, floors)
+
+
 def peak_memory(bg_dir: Path, fg_dir: Path, placements: int, workers: int) -> tuple[float, float, int]:
     """(main MB, largest worker MB, composites) for one generate run in a fresh process."""
     code = f"""
@@ -149,12 +158,8 @@ def main() -> None:
     w = world(args.n_bg, args.n_fg)
     w4 = world(4 * args.n_bg, args.n_fg)  # the at-scale runs: 4x the rooms, the same people
     fg_dir = photo_people(args.n_fg, *args.fg_height) if args.fg_height else w / "fg"
-    loaded = load_backgrounds(w / "bg", SIZE)
-    bgs = loaded.images
     fgs = load_foregrounds(fg_dir).images
-    floors = find_floors(w / "bg", loaded.sources, SIZE)  # as generate places them
-    rows = build_plan([(f.shape[1], f.shape[0]) for f in fgs], len(bgs), SIZE, args.placements, (0.35, 0.65), 0,
-                      floors)
+    bgs, rows = plan_rooms(w, fgs, args.placements)
     n = len(rows)
     print(f"inputs: {len(bgs)} bg x {len(fgs)} fg x 2 flips x {args.placements} placements = {n} composites "
           f"at {SIZE}x{SIZE}, JPEG q{args.quality}, {workers} cores; fg heights "
@@ -180,10 +185,8 @@ def main() -> None:
         # CPU seconds per composite (the workers', from their rusage) are reported beside: less
         # moved by other tenants' load than wall time, though not the target's measure.
         # The bound encodes composites of the at-scale rooms, planned as generate plans them.
-        loaded4 = load_backgrounds(w4 / "bg", SIZE)
-        rows4 = build_plan([(f.shape[1], f.shape[0]) for f in fgs], len(loaded4.images), SIZE, args.placements,
-                           (0.35, 0.65), 0, find_floors(w4 / "bg", loaded4.sources, SIZE))
-        bound_inputs(loaded4.images, fgs, rows4)
+        bgs4, rows4 = plan_rooms(w4, fgs, args.placements)
+        bound_inputs(bgs4, fgs, rows4)
         at_scale, at_scale_cpu, (b, b_cpu) = [], [], encode_bound(args.quality, workers)
         bounds, bounds_cpu = [b], [b_cpu]
         for _ in range(ROUNDS):
@@ -207,8 +210,8 @@ def main() -> None:
         shutil.rmtree(tmp)
 
     print(f"(a) generate (end to end, incl. input preparation): {gen:8.0f} composites/s  ({t_gen:.1f} s)")
-    print(f"(a') generate at scale, shard phase of {4 * n} composites on {4 * len(bgs)} rooms: {marginal:8.0f} composites/s median "
-          f"(runs: {', '.join(f'{x:.0f}' for x in at_scale)})")
+    print(f"(a') generate at scale, shard phase of {4 * n} composites on {len(bgs4)} rooms: {marginal:8.0f} "
+          f"composites/s median (runs: {', '.join(f'{x:.0f}' for x in at_scale)})")
     print(f"(b) per-file PIL loop, 1 process:                  {loop:8.0f} composites/s")
     print(f"(c) encode bound, JPEG + PNG only, {workers} processes:     {bound:8.0f} composites/s median "
           f"(runs, before/after each (a'): {', '.join(f'{x:.0f}' for x in bounds)})")

@@ -549,14 +549,15 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
               "bg_sources": bgs.sources,
               "fg_sources": fgs.sources}
     lock = out / PARAMS_JSON
+    todo = [bg for bg in range(len(bgs.images)) if not (out / "shards" / shard_name(bg)).exists()]
     kept = False  # a finished dataset left exactly as it is
-    if lock.exists() and _params_digest(read_json(lock)) != _params_digest(params):
+    old = read_json(lock) if lock.exists() else params
+    if _params_digest(old) != _params_digest(params):
         # A finished dataset whose only difference is the PNG deflate (an older version of this
         # package) needs nothing written, so it is kept as it is; an unfinished one is refused,
         # since resuming it would mix two encoders' bytes.
-        kept = (out / DATASET_JSON).exists() and \
-            all((out / "shards" / shard_name(bg)).exists() for bg in range(len(bgs.images))) and \
-            _params_digest({**read_json(lock), "png_deflate": GREY_PNG_DEFLATE}) == _params_digest(params)
+        kept = not todo and (out / DATASET_JSON).exists() and \
+            _params_digest({**old, "png_deflate": GREY_PNG_DEFLATE}) == _params_digest(params)
         if not kept:
             raise DatasetError(f"{out}: holds a dataset made with other parameters or inputs (see {lock.name}); "
                                "choose a new folder or delete this one")
@@ -573,7 +574,6 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
     fg_sizes = [(f.shape[1], f.shape[0]) for f in fgs.images]
     (out / "shards").mkdir(exist_ok=True)
     remove_stale_temporaries(out / "shards")
-    todo = [bg for bg in range(len(bgs.images)) if not (out / "shards" / shard_name(bg)).exists()]
     plan = dict(fg_sizes=fg_sizes, size=size, placements=placements, scale=scale, seed=seed)
     # Finished shards (a resumed run) are only planned, here; the rest are planned and written by workers.
     planned = {bg: plan_background(bg, floor=floors[bg] if floors else None, **plan)

@@ -29,6 +29,9 @@ from PIL import Image
 
 from .errors import DatasetError
 
+# GREY_PNG_DEFLATE names the deflate that writes the grey PNGs: another one writes other bytes for
+# the same pixels, so generate records it with its parameters and refuses to resume a dataset begun
+# by another (it would not be byte-identical).
 try:  # Intel's ISA-L: deflate, inflate and CRC-32 several times faster than zlib, same formats
     from isal.isal_zlib import compress as _isal_compress
     from isal.isal_zlib import crc32 as _crc32
@@ -51,9 +54,6 @@ except ImportError:  # pragma: no cover - isal is in requirements.txt
         return zlib.compress(data, 1)
 
     GREY_PNG_DEFLATE = "zlib-1"
-# Which deflate writes the grey PNGs: other bytes for the same pixels, so generate records it with
-# its parameters and refuses to resume a dataset begun by another (it would not be byte-identical).
-
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: reproducible bytes
@@ -154,7 +154,8 @@ def encode_png(img: np.ndarray) -> bytes:
     Single-channel images (masks, depth) - millions of them - are written here directly: no row
     filter, and the pixel rows deflated by ISA-L at its level 0 (~8x faster than zlib's level 1,
     about 25 % larger; zlib's level 1 where ISA-L is missing, see ``GREY_PNG_DEFLATE``), which
-    :func:`decode_png_gray` reads back with one inflate. Colour images (a few hundred prepared inputs) use PIL.
+    :func:`decode_png_gray` reads back with one inflate. Colour images (a few hundred prepared
+    inputs) use PIL.
     """
     if img.ndim == 2:
         h, w = img.shape
