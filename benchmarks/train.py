@@ -4,6 +4,7 @@
     python benchmarks/train.py --world full --minutes 30  # 100 rooms x 100 people, 30-minute budget
     python benchmarks/train.py --on-the-fly             # the same, composites rebuilt every epoch
     python benchmarks/train.py --refine                 # U-Net at 64 px + a mask refiner at 128 px
+    python benchmarks/train.py --plain                  # the U-Net on 64-px inputs (no unshuffle), for comparison
 
 Builds the dataset (sample world, scene depth) under data/bench/, trains, evaluates on the test
 groups, and prints measured figures next to the targets:
@@ -12,8 +13,8 @@ groups, and prints measured figures next to the targets:
   (``unseen_bg``), mask IoU >= 0.95 and depth RMSE <= 0.08;
 * the full world: what 30 minutes of CPU training reach (no target; reported).
 
-A budget in minutes is turned into ``samples_per_epoch`` from a measured step time, so the run
-stays deterministic (the schedule knows its length from the start).
+A budget in minutes is turned into ``samples_per_epoch`` from a training step and a validation pass
+timed before the run, so the run stays deterministic (the schedule knows its length from the start).
 """
 
 from __future__ import annotations
@@ -37,24 +38,48 @@ from depthmask_utils.pipeline import ensure_stats  # noqa: E402
 from depthmask_utils.train import TrainConfig, train  # noqa: E402
 
 
-def step_seconds(cfg: TrainConfig) -> float:
-    """Seconds per training step of ``cfg``'s model at its last size, measured here (3 steps)."""
+def measured_seconds(cfg: TrainConfig, dataset: Path) -> tuple[float, float]:
+    """(seconds per training step, seconds per epoch outside the steps) of ``cfg`` on ``dataset``, measured here.
+
+    A step is what the training loop does, with batches from the same DataLoader (its workers
+    decode while the model computes, on the same cores): augment, forward, loss, backward, update.
+    Mean of 8 steps after 2 warm-up steps; the loader's start is counted once per epoch, as in
+    ``train``, which builds a loader per epoch. The validation pass is the one ``train`` runs after
+    every epoch. All count, so a budget in minutes is the training's wall-clock time.
+    """
+    from depthmask_utils.data import CompositeDataset, OnTheFlyDataset, augment_batch, make_loader, to_inputs
     from depthmask_utils.losses import MultiTaskLoss
     from depthmask_utils.models import build_model
+    from depthmask_utils.stats import load_stats
+    from depthmask_utils.train import evaluate_loader
 
-    model = build_model(cfg.model, **cfg.model_options).to(memory_format=torch.channels_last)
-    crit, s = MultiTaskLoss(), cfg.sizes[-1]
+    s, n = cfg.sizes[-1], cfg.batch_size
+    model = build_model(cfg.model, stats=load_stats(dataset), **cfg.model_options).to(memory_format=torch.channels_last)
+    crit = MultiTaskLoss(cfg.depth_loss, cfg.weighting, cfg.w_mask, cfg.w_depth, cfg.depth_scale)
     opt = torch.optim.AdamW(model.parameters())
-    x = torch.rand(cfg.batch_size, 3, s, s).contiguous(memory_format=torch.channels_last)
-    y = torch.rand(cfg.batch_size, 1, s, s)
-    for i in range(4):
+    gen, warm, timed = torch.Generator().manual_seed(0), 2, 8
+    t_start = time.perf_counter()
+    data = OnTheFlyDataset if cfg.on_the_fly else CompositeDataset
+    loader = make_loader(data(dataset, "train", s), n, True, cfg.workers, cfg.seed, True)
+    loader.sampler.set_epoch(0, 0)
+    for i, batch in enumerate(loader):
         if i == 1:
+            t_first = time.perf_counter() - t_start  # the loader's start and one step
+        if i == warm:
             t0 = time.perf_counter()
-        loss, _ = crit(model(x, x * 0.9), (y > 0.5).float(), y)
+        if i == warm + timed:
+            break
+        x = to_inputs(augment_batch(batch, gen), "cpu")
+        x = {k: v.contiguous(memory_format=torch.channels_last) for k, v in x.items()}
+        loss, _ = crit(model(x["fg_bg"], x["bg"]), x["mask"], x["depth"])
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return (time.perf_counter() - t0) / 3
+    per_step = (time.perf_counter() - t0) / timed
+    start_cost = max(0.0, t_first - per_step)
+    t0 = time.perf_counter()
+    evaluate_loader(model, make_loader(CompositeDataset(dataset, "val", s), 64, workers=0), torch.device("cpu"))
+    return per_step, time.perf_counter() - t0 + start_cost
 
 
 def main() -> None:
@@ -66,7 +91,11 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the run folder")
     ap.add_argument("--refine", action="store_true",
                     help="train at the labels' size with the model at its usual size and a full-size mask refiner")
+    ap.add_argument("--plain", action="store_true",
+                    help="the U-Net on inputs shrunk to half the stored size, without unshuffle (the previous profile)")
     args = ap.parse_args()
+    if args.plain and args.refine:
+        ap.error("--plain and --refine are two different models; pick one")
     torch.set_num_threads(2)
 
     sample = get_profile("sample")
@@ -82,15 +111,21 @@ def main() -> None:
     cfg = TrainConfig.from_dict({**sample.train, "on_the_fly": args.on_the_fly, "checkpoint_every": 10**9})
     if args.epochs:
         cfg.epochs = args.epochs
-    if args.refine:  # the U-Net keeps its working size; data, loss and scores at the stored size
-        cfg.model_options = {**cfg.model_options, "refine_from": cfg.sizes[-1]}
+    if args.refine:  # the U-Net at half the stored size (no unshuffle) and a mask refiner at the stored size
+        opts = {k: v for k, v in cfg.model_options.items() if k != "unshuffle"}
+        cfg.model_options = {**opts, "refine_from": profile.size // 2}
         cfg.sizes = (profile.size,)
+    if args.plain:
+        cfg.model_options = {k: v for k, v in cfg.model_options.items() if k != "unshuffle"}
+        cfg.sizes, cfg.depth_scale = (profile.size // 2,), 1.0
     if args.minutes:
-        per_step = step_seconds(cfg)
-        cfg.samples_per_epoch = int(args.minutes * 60 / per_step / cfg.epochs) * cfg.batch_size
-        print(f"budget {args.minutes} min at {per_step:.2f} s/step -> {cfg.samples_per_epoch} samples per epoch "
-              f"x {cfg.epochs} epochs")
-    run = BENCH / f"run_{profile.name}{'_otf' if args.on_the_fly else ''}{'_refine' if args.refine else ''}"
+        per_step, per_epoch = measured_seconds(cfg, dataset)
+        steps = int((args.minutes * 60 - cfg.epochs * per_epoch) / per_step / cfg.epochs)
+        cfg.samples_per_epoch = steps * cfg.batch_size
+        print(f"budget {args.minutes} min: {per_step:.2f} s per step, {per_epoch:.1f} s per epoch outside the steps "
+              f"(loader start, validation) -> "
+              f"{cfg.samples_per_epoch} samples per epoch x {cfg.epochs} epochs")
+    run = BENCH / f"run_{profile.name}{'_otf' if args.on_the_fly else ''}{'_refine' if args.refine else ''}{'_plain' if args.plain else ''}"
     shutil.rmtree(run, ignore_errors=True)
     result = train(dataset, run, cfg, progress=False)
     minutes = result.seconds / 60

@@ -97,10 +97,13 @@ def _train_config(args):
                  "device": args.device, "seed": args.seed, "model": args.model,
                  "checkpoint_every": args.checkpoint_every}
     cfg = TrainConfig.from_dict({**cfg.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+    if args.model and args.model != p.train.get("model"):  # the profile's options (base, unshuffle) are its model's
+        cfg.model_options, cfg.depth_scale = {}, 1.0
     if args.size:  # the final size; progressive resizing keeps its smaller steps below it
         cfg.sizes = tuple(s for s in cfg.sizes if s < args.size) + (args.size,)
-    if args.refine_from:
-        cfg.model_options = {**cfg.model_options, "refine_from": args.refine_from}
+    if args.refine_from:  # the refiner replaces unshuffle: the model runs on the shrunk input instead
+        opts = {k: v for k, v in cfg.model_options.items() if k != "unshuffle"}
+        cfg.model_options = {**opts, "refine_from": args.refine_from}
     return cfg
 
 

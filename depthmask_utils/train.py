@@ -36,7 +36,7 @@ from .data import CompositeDataset, EpochBatchSampler, OnTheFlyDataset, augment_
 from .dataset import Split, make_split, read_info
 from .errors import DepthmaskError
 from .losses import MultiTaskLoss
-from .metrics import all_metrics
+from .metrics import all_metrics, iou, rmse
 from .models import build_model, count_parameters
 from .stats import load_stats
 from .storage import atomic_write_bytes, atomic_write_json
@@ -64,6 +64,7 @@ class TrainConfig:
     weighting: str = "fixed"
     w_mask: float = 1.0
     w_depth: float = 1.0
+    depth_scale: float = 1.0  # the depth loss on maps area-shrunk by this factor (MultiTaskLoss)
     augment: bool = True
     on_the_fly: bool = False
     pretrained: bool = False
@@ -214,15 +215,23 @@ def _write_history(run: Path, history: list[dict], steps_log: list[list]) -> Non
 
 
 @torch.no_grad()
-def evaluate_loader(model: torch.nn.Module, loader, device: torch.device) -> dict[str, torch.Tensor]:
-    """Per-image metrics (:func:`metrics.all_metrics`) over every batch of ``loader``, concatenated."""
+def evaluate_loader(model: torch.nn.Module, loader, device: torch.device,
+                    every_metric: bool = False) -> dict[str, torch.Tensor]:
+    """Per-image metrics over every batch of ``loader``, concatenated: ``mask_iou`` and ``depth_rmse``
+    (what ``history.csv`` records), or every metric of :func:`metrics.all_metrics` with ``every_metric``.
+
+    The two alone keep the validation after each epoch cheap: on the sample profile (840 composites
+    at 128 px, 2 CPU cores) a pass took 13 s with every metric and 5 s with these two.
+    """
     was = model.training
     model.eval()
     parts: dict[str, list] = {}
     for batch in loader:
         x = to_inputs(batch, device)
         out = model(x["fg_bg"], x["bg"])
-        m = all_metrics(torch.sigmoid(out["mask"].float()), x["mask"], out["depth"].float(), x["depth"])
+        prob, depth = torch.sigmoid(out["mask"].float()), out["depth"].float()
+        m = (all_metrics(prob, x["mask"], depth, x["depth"]) if every_metric else
+             {"mask_iou": iou(prob, x["mask"]), "depth_rmse": rmse(depth, x["depth"])})
         for k, v in m.items():
             parts.setdefault(k, []).append(v.cpu())
     model.train(was)
@@ -263,7 +272,8 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
     model = build_model(config.model, stats=stats, pretrained=config.pretrained, **config.model_options).to(device)
     if config.channels_last:  # faster convolutions on GPUs and, with oneDNN, on CPUs too
         model = model.to(memory_format=torch.channels_last)
-    criterion = MultiTaskLoss(config.depth_loss, config.weighting, config.w_mask, config.w_depth).to(device)
+    criterion = MultiTaskLoss(config.depth_loss, config.weighting, config.w_mask, config.w_depth,
+                              config.depth_scale).to(device)
     params = list(model.parameters()) + list(criterion.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 

@@ -59,6 +59,37 @@ def test_ssim_loss_agrees_with_the_metric():
     assert float(loss) == pytest.approx((1 - float(tm_ssim(p, t, data_range=1.0))) / 2, abs=0.02)
 
 
+@pytest.mark.parametrize("shape,window", [((3, 1, 32, 40), 7), ((2, 3, 17, 23), 7), ((2, 1, 24, 24), 11)])
+def test_our_ssim_equals_kornias_map_loss_and_gradient(shape, window):
+    """The banded-matrix SSIM of the depth loss against kornia's: same map, loss and gradient."""
+    import kornia
+
+    g = torch.Generator().manual_seed(3)
+    t = torch.rand(shape, generator=g)
+    p = (t + 0.2 * torch.randn(shape, generator=g)).clamp(0, 1).requires_grad_()
+    assert torch.allclose(L.ssim_map(p, t, window), kornia.metrics.ssim(p, t, window), atol=1e-6)
+    ours = L.ssim_loss(p, t, window)
+    (grad_ours,) = torch.autograd.grad(ours, p)
+    theirs = kornia.losses.ssim_loss(p, t, window, max_val=1.0)
+    (grad_theirs,) = torch.autograd.grad(theirs, p)
+    assert float(ours) == pytest.approx(float(theirs), abs=1e-6) and 0.05 < float(ours) < 0.5
+    assert torch.allclose(grad_ours, grad_theirs, atol=1e-9, rtol=1e-4)
+    assert L.ssim_loss(t, t, window) < 1e-6
+
+
+def test_depth_scale_scores_the_area_averaged_maps():
+    g = torch.Generator().manual_seed(4)
+    out = {"mask": torch.randn(2, 1, 32, 32, generator=g), "depth": torch.rand(2, 1, 32, 32, generator=g)}
+    mask, depth = (torch.rand(2, 1, 32, 32, generator=g) > 0.5).float(), torch.rand(2, 1, 32, 32, generator=g)
+    total, parts = L.MultiTaskLoss(depth_scale=0.5)(out, mask, depth)
+    pooled = torch.nn.functional.avg_pool2d
+    assert parts["depth"] == pytest.approx(float(L.dense_depth_loss(pooled(out["depth"], 2), pooled(depth, 2))), rel=1e-5)
+    assert parts["mask"] == pytest.approx(float(L.mask_loss(out["mask"], mask)), rel=1e-6)  # the mask stays at full size
+    assert parts["depth"] != pytest.approx(L.MultiTaskLoss()(out, mask, depth)[1]["depth"], rel=1e-3)
+    with pytest.raises(ValueError, match="depth_scale"):
+        L.MultiTaskLoss(depth_scale=2)
+
+
 def test_scale_shift_alignment_recovers_an_affine_copy():
     t = torch.rand(2, 1, 8, 8)
     p = (t - 0.3) / 2.5

@@ -13,6 +13,27 @@ def test_output_shapes_and_ranges(name, size):
     assert 0 <= out["depth"].min() and out["depth"].max() <= 1
 
 
+def test_unshuffled_unet_runs_at_half_size_and_answers_at_full_size():
+    torch.manual_seed(0)
+    model = M.SmallUNet(base=4, levels=2, unshuffle=2).eval()
+    fg_bg, bg = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    seen = []
+    hook = model.down[0].register_forward_hook(lambda m, i, o: seen.append((i[0].shape, o.shape)))
+    with torch.no_grad():
+        out = model(fg_bg, bg)
+    hook.remove()
+    assert seen == [((2, 44, 16, 16), (2, 4, 16, 16))]  # 11 stem channels x 4 sub-pixels, at half size
+    assert out["mask"].shape == out["depth"].shape == (2, 1, 32, 32)
+    assert 0 <= out["depth"].min() and out["depth"].max() <= 1
+    # the 2 x 2 sub-pixels of one feature pixel come from the 4 channels of the mask head, in pixel_shuffle order
+    with torch.no_grad():
+        feats = {}
+        model.heads.mask.register_forward_hook(lambda m, i, o: feats.setdefault("mask", o))
+        model(fg_bg, bg)
+    assert torch.equal(out["mask"][:, 0, 0::2, 1::2], feats["mask"][:, 1])
+    assert torch.equal(out["mask"][:, 0, 1::2, 0::2], feats["mask"][:, 2])
+
+
 def test_parameter_counts_match_torchvision():
     import torchvision
 
@@ -107,9 +128,12 @@ def test_mask_refiner_sharpens_a_small_mask():
         mask[i, :, 10 + i:50, 20 + 2 * i:44 + 2 * i:2] = 1  # every other column: a comb of 1-px teeth
     fg_bg = bg * (1 - mask) + mask * torch.tensor([0.9, 0.3, 0.2]).view(1, 3, 1, 1)
     scores = {}
-    for refine in (None, 32):
+    for refine in (None, 32, "unshuffle"):
         torch.manual_seed(0)
-        model = M.build_model("small-unet", refine_from=refine, base=8, levels=2)
+        if refine == "unshuffle":  # space-to-depth: the U-Net at half size, the mask at full size
+            model = M.build_model("small-unet", base=8, levels=2, unshuffle=2)
+        else:
+            model = M.build_model("small-unet", refine_from=refine, base=8, levels=2)
         opt = torch.optim.Adam(model.parameters(), 3e-3)
         x = (fg_bg, bg) if refine else (torch.nn.functional.avg_pool2d(fg_bg, 2), torch.nn.functional.avg_pool2d(bg, 2))
         for _ in range(150):
@@ -125,7 +149,8 @@ def test_mask_refiner_sharpens_a_small_mask():
             if not refine:
                 logits = torch.nn.functional.interpolate(logits, size=(64, 64), mode="bilinear", align_corners=False)
         scores[refine] = float(iou(torch.sigmoid(logits), mask).mean())
-    assert scores[32] > 0.9 and scores[None] < 0.7, scores  # the base can at best cover the whole comb: IoU 0.5
+    # the base can at best cover the whole comb: IoU 0.5
+    assert scores[32] > 0.9 and scores["unshuffle"] > 0.9 and scores[None] < 0.7, scores
 
 
 def test_cli_refine_from_reaches_the_model_options():
@@ -134,4 +159,15 @@ def test_cli_refine_from_reaches_the_model_options():
     args = build_parser().parse_args(["train", "ds", "--out", "run", "--size", "128", "--refine-from", "64"])
     cfg = _train_config(args)
     assert cfg.sizes[-1] == 128 and cfg.model_options["refine_from"] == 64
-    assert isinstance(M.build_model(cfg.model, **cfg.model_options), M.MaskRefiner)
+    model = M.build_model(cfg.model, **cfg.model_options)
+    assert isinstance(model, M.MaskRefiner) and model.base.unshuffle == 1  # the refiner, not space-to-depth
+
+
+def test_cli_defaults_are_the_profiles_and_another_model_drops_its_options():
+    from depthmask_utils.cli import _train_config, build_parser
+
+    cfg = _train_config(build_parser().parse_args(["train", "ds", "--out", "run"]))
+    model = M.build_model(cfg.model, **cfg.model_options)
+    assert cfg.sizes == (128,) and model.unshuffle == 2  # the sample profile: space-to-depth on 128-px batches
+    cfg = _train_config(build_parser().parse_args(["train", "ds", "--out", "run", "--model", "resnet18"]))
+    assert cfg.model_options == {} and cfg.depth_scale == 1.0 and isinstance(M.build_model(cfg.model, **cfg.model_options), M.ResNetUNet)

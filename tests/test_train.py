@@ -100,3 +100,25 @@ def test_ddp_on_cpu_with_two_gloo_processes(labelled, tmp_path):
 
     n = len(CompositeDataset(labelled, "train"))
     assert h["step"].iloc[0] == len(EpochBatchSampler(n, single.batch_size, drop_last=True, world=2))
+
+
+def test_validation_computes_two_metrics_and_they_equal_the_full_set():
+    from depthmask_utils.metrics import all_metrics
+    from depthmask_utils.models import SmallUNet
+    from depthmask_utils.train import evaluate_loader
+
+    g = torch.Generator().manual_seed(0)
+    batches = [{k: torch.randint(0, 256, (4, c, 32, 32), dtype=torch.uint8, generator=g)
+                for k, c in (("fg_bg", 3), ("bg", 3), ("mask", 1), ("depth", 1))} for _ in range(2)]
+    torch.manual_seed(0)
+    model = SmallUNet(base=4, levels=2)
+    quick = evaluate_loader(model, batches, torch.device("cpu"))
+    full = evaluate_loader(model, batches, torch.device("cpu"), every_metric=True)
+    assert set(quick) == {"mask_iou", "depth_rmse"} and set(full) > set(quick) and model.training
+    assert all(torch.equal(quick[k], full[k]) for k in quick) and quick["mask_iou"].shape == (8,)
+    with torch.no_grad():
+        x = {k: v.float() / 255 for k, v in batches[0].items()}
+        model.eval()
+        out = model(x["fg_bg"], x["bg"])
+        ref = all_metrics(torch.sigmoid(out["mask"]), x["mask"], out["depth"], x["depth"])
+    assert torch.allclose(full["depth_ssim"][:4], ref["depth_ssim"]) and torch.equal(quick["depth_rmse"][:4], ref["depth_rmse"])
