@@ -55,7 +55,7 @@ def measured_seconds(cfg: TrainConfig, dataset: Path) -> tuple[float, float]:
 
     s, n = cfg.sizes[-1], cfg.batch_size
     model = build_model(cfg.model, stats=load_stats(dataset), **cfg.model_options).to(memory_format=torch.channels_last)
-    crit = MultiTaskLoss(cfg.depth_loss, cfg.weighting, cfg.w_mask, cfg.w_depth, cfg.depth_scale)
+    crit = MultiTaskLoss(cfg.depth_loss, cfg.weighting, cfg.w_mask, cfg.w_depth, depth_scale=cfg.depth_scale)
     opt = torch.optim.AdamW(model.parameters())
     gen, warm, timed = torch.Generator().manual_seed(0), 2, 8
     t_start = time.perf_counter()
@@ -114,13 +114,13 @@ def main() -> None:
     if args.refine:  # the U-Net at half the stored size (no unshuffle) and a mask refiner at the stored size
         opts = {k: v for k, v in cfg.model_options.items() if k != "unshuffle"}
         cfg.model_options = {**opts, "refine_from": profile.size // 2}
-        cfg.sizes = (profile.size,)
+        cfg.sizes, cfg.depth_scale = (profile.size,), 1.0  # as when the refiner's figures were measured
     if args.plain:
         cfg.model_options = {k: v for k, v in cfg.model_options.items() if k != "unshuffle"}
         cfg.sizes, cfg.depth_scale = (profile.size // 2,), 1.0
     if args.minutes:
         per_step, per_epoch = measured_seconds(cfg, dataset)
-        steps = int((args.minutes * 60 - cfg.epochs * per_epoch) / per_step / cfg.epochs)
+        steps = max(1, int((args.minutes * 60 - cfg.epochs * per_epoch) / per_step / cfg.epochs))
         cfg.samples_per_epoch = steps * cfg.batch_size
         print(f"budget {args.minutes} min: {per_step:.2f} s per step, {per_epoch:.1f} s per epoch outside the steps "
               f"(loader start, validation) -> "

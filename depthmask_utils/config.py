@@ -48,7 +48,7 @@ PROFILES = {
     # 100 rooms, because depth from a single image generalises only with many rooms (chapter 10);
     # 8 people x 2 flips x 4 placements keep the dataset at 6,400 composites, seconds to build.
     # The small U-Net works at 64 px on the 128-px composites folded 2 x 2 into channels (unshuffle),
-    # so its mask has the labels' resolution at the cost of a 64-px network.
+    # so its mask has the labels' resolution for a little more than a 64-px network costs.
     "sample": Profile("sample", n_bg=100, n_fg=8, world_size=168, size=128, placements=4, scale=(0.35, 0.65),
                       jpeg_quality=90, seed=0, teacher="scene", teacher_input=126, batch_size=8,
                       train={"model": "small-unet", "epochs": 3, "sizes": (128,), "batch_size": 32, "lr": 3e-3,

@@ -65,11 +65,15 @@ def ensure_stats(profile: Profile, root: str | Path = "../data") -> Path:
 
 
 def ensure_run(profile: Profile, root: str | Path = "../data", log=print, **overrides) -> Path:
-    """A trained run of ``profile`` (chapter 10): trains, resumes, or returns the finished one."""
+    """A trained run of ``profile`` (chapter 10): trains, resumes, or returns the finished one.
+
+    Always goes through :func:`train`, which returns at once for a finished run of the same
+    configuration and refuses a run folder made by another one (an older profile's model is not
+    scored silently).
+    """
     from .train import TrainConfig, train
 
     dataset = ensure_stats(profile, root)
     run = data_paths(profile, root)["run"]
-    if not (run / "model.pt").exists():
-        train(dataset, run, TrainConfig.from_dict({**profile.train, **overrides}), progress=False, log=log)
+    train(dataset, run, TrainConfig.from_dict({**profile.train, **overrides}), progress=False, log=log)
     return run

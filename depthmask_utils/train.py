@@ -183,8 +183,10 @@ def _prepare_run(run: Path, dataset: Path, config: TrainConfig, split: Split) ->
     path = run / "config.json"
     if path.exists():
         have = json.loads(path.read_text())
-        diff = sorted(k for k in set(have.get("config", {})) | set(wanted["config"])
-                      if have.get("config", {}).get(k) != wanted["config"].get(k))
+        # a key added to TrainConfig after the run was made takes its default: old runs still resume
+        have["config"] = {**TrainConfig().identity(), **have.get("config", {})}
+        diff = sorted(k for k in set(have["config"]) | set(wanted["config"])
+                      if have["config"].get(k) != wanted["config"].get(k))
         if have.get("dataset") != wanted["dataset"]:
             diff.insert(0, f"dataset ({have.get('dataset')} -> {wanted['dataset']})")
         if diff:
@@ -273,7 +275,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
     if config.channels_last:  # faster convolutions on GPUs and, with oneDNN, on CPUs too
         model = model.to(memory_format=torch.channels_last)
     criterion = MultiTaskLoss(config.depth_loss, config.weighting, config.w_mask, config.w_depth,
-                              config.depth_scale).to(device)
+                              depth_scale=config.depth_scale).to(device)
     params = list(model.parameters()) + list(criterion.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
@@ -303,7 +305,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
         step, epoch0, batch0, history, sums = ck["step"], ck["epoch"], ck["batch"], ck["history"], ck["sums"]
         steps_log = ck["steps_log"]
         resumed_from = step
-        if rank == 0:
+        if rank == 0 and epoch0 < config.epochs:  # a finished run returns without a word
             log(f"resuming {run} at epoch {epoch0 + 1}, step {step}")
     net = model
     if world > 1:

@@ -98,3 +98,17 @@ def test_a_refined_model_trains_evaluates_and_exports(labelled, tmp_path):
     assert 0 <= m["test"]["mask_iou"] <= 1
     r = export_onnx(run, tmp_path / "refined.onnx")
     assert max(r["max_abs_diff"].values()) < 1e-4
+
+
+def test_an_unshuffled_model_trains_evaluates_and_exports(labelled, tmp_path):
+    from depthmask_utils.evaluate import load_model
+
+    run = tmp_path / "unshuffled"
+    cfg = TrainConfig(epochs=1, sizes=(32,), batch_size=8, workers=0, device="cpu", depth_scale=0.5,
+                      model_options={"base": 8, "levels": 2, "unshuffle": 2})
+    train(labelled, run, cfg, progress=False, log=lambda *_: None)
+    model, meta = load_model(run, "cpu")
+    assert model.unshuffle == 2 and meta["size"] == 32
+    assert 0 <= evaluate(run, labelled)["test"]["mask_iou"] <= 1
+    r = export_onnx(run, tmp_path / "unshuffled.onnx")
+    assert max(r["max_abs_diff"].values()) < 1e-4

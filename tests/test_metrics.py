@@ -75,6 +75,11 @@ def test_our_ssim_equals_kornias_map_loss_and_gradient(shape, window):
     assert float(ours) == pytest.approx(float(theirs), abs=1e-6) and 0.05 < float(ours) < 0.5
     assert torch.allclose(grad_ours, grad_theirs, atol=1e-9, rtol=1e-4)
     assert L.ssim_loss(t, t, window) < 1e-6
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # computed in float32 whatever the caller's precision
+        assert torch.allclose(L.ssim_map(p.detach().bfloat16(), t.bfloat16(), window),
+                              L.ssim_map(p.detach().bfloat16().float(), t.bfloat16().float(), window), atol=1e-5)
+    with pytest.raises(ValueError, match="odd"):
+        L.ssim_map(p, t, 6)
 
 
 def test_depth_scale_scores_the_area_averaged_maps():

@@ -35,6 +35,14 @@ def test_train_writes_a_run_that_loads_with_weights_only(labelled, tmp_path):
     # Training again with the same configuration does nothing more.
     again = train(labelled, tmp_path / "run", tiny_config(), progress=False, log=lambda *_: None)
     assert again.resumed_from == r.steps and again.history == r.history
+    # A run made before a TrainConfig field existed (no depth_scale in its config.json) still resumes.
+    path = tmp_path / "run" / "config.json"
+    old = __import__("json").loads(path.read_text())
+    del old["config"]["depth_scale"]
+    path.write_text(__import__("json").dumps(old))
+    assert train(labelled, tmp_path / "run", tiny_config(), progress=False, log=lambda *_: None).history == r.history
+    with pytest.raises(RunError, match="differs in: depth_scale"):
+        train(labelled, tmp_path / "run", tiny_config(depth_scale=0.5), progress=False)
     # Another configuration in the same folder is refused, naming what differs.
     with pytest.raises(RunError, match="differs in: lr"):
         train(labelled, tmp_path / "run", tiny_config(lr=1e-2), progress=False)
