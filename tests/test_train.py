@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -37,9 +38,9 @@ def test_train_writes_a_run_that_loads_with_weights_only(labelled, tmp_path):
     assert again.resumed_from == r.steps and again.history == r.history
     # A run made before a TrainConfig field existed (no depth_scale in its config.json) still resumes.
     path = tmp_path / "run" / "config.json"
-    old = __import__("json").loads(path.read_text())
+    old = json.loads(path.read_text())
     del old["config"]["depth_scale"]
-    path.write_text(__import__("json").dumps(old))
+    path.write_text(json.dumps(old))
     assert train(labelled, tmp_path / "run", tiny_config(), progress=False, log=lambda *_: None).history == r.history
     with pytest.raises(RunError, match="differs in: depth_scale"):
         train(labelled, tmp_path / "run", tiny_config(depth_scale=0.5), progress=False)
