@@ -280,31 +280,48 @@ def color_jitter(fg_bg: torch.Tensor, bg: torch.Tensor, generator: torch.Generat
     """The same random brightness, contrast and saturation change on a composite and its background.
 
     Same for both because the pair was taken by one camera: jittering them apart would make every
-    background pixel look changed, which is what the model uses to find the person.
+    background pixel look changed, which is what the model uses to find the person. So the
+    contrast pivots on the background's mean for both images: a pivot of each image's own mean
+    (the composite's includes the person) would shift every background pixel of the composite
+    and leave a flat offset in the difference image.
     """
     n = fg_bg.shape[0]
     u = (torch.rand(n, 3, 1, 1, 1, generator=generator) * 2 - 1) * strength + 1
     u = u.to(fg_bg.device)
+    pivot = bg.float().mean(dim=(1, 2, 3), keepdim=True) * u[:, 0]
     out = []
     for img in (fg_bg, bg):
         x = img.float()
         x = x * u[:, 0]
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * u[:, 1] + mean
+        x = (x - pivot) * u[:, 1] + pivot
         grey = x.mean(dim=1, keepdim=True)
         x = (x - grey) * u[:, 2] + grey
         out.append(x.round().clamp(0, 255).to(img.dtype) if img.dtype == torch.uint8 else x.clamp(0, 255))
     return out[0], out[1]
 
 
+GEOMETRIES = ("affine", "flip")
+
+
 def augment_batch(batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
-                  jitter: float = 0.2, **affine) -> dict[str, torch.Tensor]:
+                  jitter: float = 0.2, geometry: str = "affine", **affine) -> dict[str, torch.Tensor]:
     """Joint augmentation of a batch, on whatever device it lives.
 
-    Geometry (flip, shift, scale, rotation) is identical for fg_bg, bg, mask and depth, so the four
-    stay aligned; colour jitter touches only the RGB inputs. Values stay in 0-255, dtype is kept.
+    Geometry is identical for fg_bg, bg, mask and depth, so the four stay aligned; colour jitter
+    touches only the RGB inputs. Values stay in 0-255, dtype is kept.
+
+    ``geometry``: ``"affine"`` mirrors, shifts, scales and rotates (``affine`` passes ranges to
+    :func:`affine_params`), resampling bilinearly; ``"flip"`` only mirrors half the samples, which
+    moves whole pixels and keeps every edge as sharp as in the test images. On small people the
+    resampling blur costs mask accuracy (``book/results.md``).
     """
-    out = warp(batch, affine_params(batch["fg_bg"].shape[0], generator, **affine))
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {', '.join(GEOMETRIES)}, not {geometry!r}")
+    if geometry == "flip":
+        flip = (torch.rand(batch["fg_bg"].shape[0], generator=generator) < 0.5).to(batch["fg_bg"].device)
+        out = {k: torch.where(flip.view(-1, 1, 1, 1), v.flip(-1), v) for k, v in batch.items()}
+    else:
+        out = warp(batch, affine_params(batch["fg_bg"].shape[0], generator, **affine))
     if jitter > 0:
         out["fg_bg"], out["bg"] = color_jitter(out["fg_bg"], out["bg"], generator, jitter)
     return out

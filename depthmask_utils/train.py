@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from .data import CompositeDataset, EpochBatchSampler, OnTheFlyDataset, augment_batch, make_loader, to_inputs
+from .data import (GEOMETRIES, CompositeDataset, EpochBatchSampler, OnTheFlyDataset, augment_batch, make_loader,
+                   to_inputs)
 from .dataset import Split, make_split, read_info
 from .errors import DepthmaskError
 from .losses import MultiTaskLoss
@@ -66,6 +67,7 @@ class TrainConfig:
     w_depth: float = 1.0
     depth_scale: float = 1.0  # the depth loss on maps area-shrunk by this factor (MultiTaskLoss)
     augment: bool = True
+    geometry: str = "affine"  # augment_batch's geometry: "affine" (flip, shift, scale, rotate) or "flip"
     on_the_fly: bool = False
     pretrained: bool = False
     model_options: dict = field(default_factory=dict)
@@ -77,6 +79,10 @@ class TrainConfig:
     device: str = "auto"
 
     RUNTIME = ("workers", "device", "checkpoint_every")  # may differ between a run and its resume
+
+    def __post_init__(self):
+        if self.geometry not in GEOMETRIES:  # caught here, before a run folder is made
+            raise ValueError(f"geometry must be one of {', '.join(GEOMETRIES)}, not {self.geometry!r}")
 
     def size_at(self, epoch: int) -> int:
         """Training side for ``epoch`` under progressive resizing."""
@@ -249,6 +255,36 @@ def model_file(model: torch.nn.Module, config: TrainConfig, stats: dict, size: i
 
 # --------------------------------------------------------------------------- the loop
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype on ``device``: bfloat16 where the GPU has it (no loss scaling), else float16."""
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+
+
+def train_step(net: torch.nn.Module, criterion: torch.nn.Module, opt: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, batch: dict[str, torch.Tensor], config: TrainConfig,
+               device: torch.device, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """One optimisation step, as :func:`train` takes it: augment (draws from ``generator``), forward
+    (autocast on CUDA), loss, backward, gradient clipping, update. The scheduler is the caller's.
+
+    ``batch``: the loader's uint8 (B, C, S, S) tensors. Returns (loss detached, {"mask", "depth"} parts).
+    """
+    if config.augment:
+        batch = augment_batch({k: v.to(device) for k, v in batch.items()}, generator, geometry=config.geometry)
+    x = to_inputs(batch, device)
+    if config.channels_last:
+        x = {k: v.contiguous(memory_format=torch.channels_last) for k, v in x.items()}
+    with torch.autocast(device.type, dtype=amp_dtype(device), enabled=device.type == "cuda" and config.amp):
+        out = net(x["fg_bg"], x["bg"])
+    loss, parts = criterion(out, x["mask"], x["depth"])
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], config.clip)
+    scaler.step(opt)
+    scaler.update()
+    return loss.detach(), parts
+
+
 def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = None, progress: bool = True,
           log=print) -> TrainResult:
     """Train (or resume training) into the run folder ``run``; returns the history."""
@@ -288,9 +324,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
                        f"per process; lower --batch-size")
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
                                                 pct_start=0.25)
-    use_amp = cuda and config.amp
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp and amp_dtype(device) == torch.float16)
 
     ckpt_path = run / "checkpoints" / "last.pt"
     step, epoch0, batch0, history, sums, resumed_from, steps_log = 0, 0, 0, [], [0.0, 0.0, 0.0, 0], 0, []
@@ -344,21 +378,8 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
                    unit="step", disable=not progress or rank != 0, leave=False)
         net.train()
         for b, batch in enumerate(loader, start=start):
-            if config.augment:
-                gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-                batch = augment_batch({k: v.to(device) for k, v in batch.items()}, gen)
-            x = to_inputs(batch, device)
-            if config.channels_last:
-                x = {k: v.contiguous(memory_format=torch.channels_last) for k, v in x.items()}
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                out = net(x["fg_bg"], x["bg"])
-            loss, parts = criterion(out, x["mask"], x["depth"])
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(params, config.clip)
-            scaler.step(opt)
-            scaler.update()
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)  # a resume redraws the same
+            loss, parts = train_step(net, criterion, opt, scaler, batch, config, device, gen)
             sched.step()
             step += 1
             sums = [sums[0] + float(loss.detach()), sums[1] + parts["mask"], sums[2] + parts["depth"], sums[3] + 1]

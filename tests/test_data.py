@@ -83,10 +83,32 @@ def test_joint_augmentation_keeps_the_four_images_aligned(labelled):
     assert all(torch.equal(Dt.warp(b, flip)[k], b[k].flip(-1)) for k in b)
 
 
+def test_flip_geometry_moves_whole_pixels(labelled):
+    b = Dt.CompositeDataset(labelled, "train")[list(range(8))]
+    out = Dt.augment_batch(b, torch.Generator().manual_seed(0), jitter=0.0, geometry="flip")
+    flipped = [all(torch.equal(out[k][i], b[k][i].flip(-1)) for k in b) for i in range(8)]
+    kept = [all(torch.equal(out[k][i], b[k][i]) for k in b) for i in range(8)]
+    # Each sample is mirrored whole or left alone (no resampling); both happen in a batch of 8.
+    assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
+    with pytest.raises(ValueError, match="geometry must be one of affine, flip"):
+        Dt.augment_batch(b, geometry="rotate")
+
+
 def test_color_jitter_is_the_same_on_both_inputs():
     x = torch.rand(4, 3, 16, 16) * 255
     a, b = Dt.color_jitter(x, x.clone(), torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.allclose(a, x)
+    # With a person in the composite, its background pixels still match the jittered background
+    # exactly, in float and in uint8: the difference image stays zero outside the person.
+    for dtype in (torch.float32, torch.uint8):
+        bg = (torch.rand(4, 3, 16, 16) * 200).to(dtype)
+        fg_bg = bg.clone()
+        fg_bg[:, :, 4:12, 6:10] = 250
+        a, b = Dt.color_jitter(fg_bg, bg, torch.Generator().manual_seed(2))
+        outside = torch.ones(16, 16, dtype=torch.bool)
+        outside[4:12, 6:10] = False
+        assert torch.equal(a[..., outside], b[..., outside])
+        assert (a[..., ~outside].float() - b[..., ~outside].float()).abs().mean() > 10
 
 
 def test_on_the_fly_draws_new_placements_each_epoch(labelled):

@@ -101,11 +101,12 @@ def test_a_refined_model_trains_evaluates_and_exports(labelled, tmp_path):
 
 
 def test_an_unshuffled_model_trains_evaluates_and_exports(labelled, tmp_path):
+    """The sample profile's combination: unshuffle, depth_scale and flip-only geometry."""
     from depthmask_utils.evaluate import load_model
 
     run = tmp_path / "unshuffled"
     cfg = TrainConfig(epochs=1, sizes=(32,), batch_size=8, workers=0, device="cpu", depth_scale=0.5,
-                      model_options={"base": 8, "levels": 2, "unshuffle": 2})
+                      geometry="flip", model_options={"base": 8, "levels": 2, "unshuffle": 2})
     train(labelled, run, cfg, progress=False, log=lambda *_: None)
     model, meta = load_model(run, "cpu")
     assert model.unshuffle == 2 and meta["size"] == 32

@@ -49,6 +49,11 @@ def test_train_writes_a_run_that_loads_with_weights_only(labelled, tmp_path):
         train(labelled, tmp_path / "run", tiny_config(lr=1e-2), progress=False)
 
 
+def test_unknown_geometry_is_refused_before_a_run_starts():
+    with pytest.raises(ValueError, match="geometry must be one of"):
+        TrainConfig(geometry="rotate")
+
+
 def test_progressive_sizes():
     cfg = TrainConfig(epochs=6, sizes=(64, 112, 224))
     assert [cfg.size_at(e) for e in range(6)] == [64, 64, 112, 112, 224, 224]
