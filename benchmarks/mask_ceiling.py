@@ -6,15 +6,19 @@
 The composite is ``fg_bg = a * F + (1 - a) * bg``. Given the background (which the model has) and the
 person's true colour ``F`` (which it does not), ``a`` is the projection of ``fg_bg - bg`` on
 ``F - bg``. This script rebuilds every composite of a test group exactly from the manifest's boxes,
-checks the rebuilt mask against the stored one, and scores that oracle's ``a``, thresholded at 0.5
-like the model's, against the stored mask (IoU, as chapter 11 scores the model):
+checks the rebuilt mask against the stored one (and counts the rebuilt composites whose JPEG
+decodes to the stored pixels), and scores that oracle's ``a``, thresholded at 0.5 like the
+model's, against the stored mask (IoU, as chapter 11 scores the model). The oracle knows where
+the person is as well as its colour: pixels more than 3 px from it count as background.
 
-* on the exact composite (no JPEG): how close the oracle itself is to the labels;
-* on the stored JPEG (quality from the dataset, 4:2:0 chroma, what the model sees);
-* on the same composite re-encoded with 4:4:4 chroma (full-resolution colour).
+Scored on:
+
+* the exact composite (no JPEG): how close the oracle itself is to the labels;
+* the stored JPEG (quality from the dataset; OpenCV's 4:2:0 chroma; what the model sees);
+* the same composite re-encoded with 4:4:4 chroma (full-resolution colour).
 
 It is a guide, not a bound: a model can also use the shape around a pixel, which this oracle does not.
-But a mask IoU above the oracle's on the stored JPEGs should not be expected after minutes of training.
+But a mask IoU far above the oracle's on the stored JPEGs should not be expected after minutes of training.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ def jpeg_roundtrip(rgb: np.ndarray, quality: int, chroma444: bool) -> np.ndarray
     if chroma444:
         flags += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), flags)
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a JPEG")
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
 
 
@@ -81,6 +87,7 @@ def main() -> None:
                             ds.stored_size, tuple(ds.info["params"]["scale"]))
     scores: dict[str, list[float]] = {"exact composite": [], f"stored JPEG (q{q}, 4:2:0)": [],
                                       f"JPEG q{q}, 4:4:4 chroma": []}
+    same_jpeg = 0
     for c in ds.items:
         stored = ds.read(c)
         bg = ds.background(c.bg)
@@ -88,6 +95,7 @@ def main() -> None:
         exact, mask = composite(bg, placed, c.x, c.y)
         if not np.array_equal(mask, stored["mask"]):
             raise SystemExit(f"{c.id}: the rebuilt mask differs from the stored one; is the dataset from this code?")
+        same_jpeg += np.array_equal(jpeg_roundtrip(exact, q, False), stored["fg_bg"])
         colour = np.zeros(bg.shape, np.float32)
         a = placed[..., 3:].astype(np.float32)
         colour[c.y:c.y + c.h, c.x:c.x + c.w] = placed[..., :3] * 255.0 / np.maximum(a, 1)
@@ -95,8 +103,9 @@ def main() -> None:
         target = torch.from_numpy(mask)[None, None].float() / 255
         for name, img in zip(scores, (exact, stored["fg_bg"], jpeg_roundtrip(exact, q, True))):
             scores[name].append(float(iou(oracle_alpha(img, bg, colour, known), target)))
-    print(f"{root}: {len(ds)} composites of {args.group!r} at {ds.stored_size} px, rebuilt exactly from the manifest")
-    print("oracle mask IoU (true person colour known, per pixel, threshold 0.5), mean over composites:")
+    print(f"{root}: {len(ds)} composites of {args.group!r} at {ds.stored_size} px rebuilt from the manifest; "
+          f"masks equal to the stored ones, JPEG of the rebuilt composite equal to the stored one: {same_jpeg} of {len(ds)}")
+    print("oracle mask IoU (the person's true colour and place known, per pixel, threshold 0.5), mean over composites:")
     for name, v in scores.items():
         v = np.asarray(v)
         print(f"  {name:28s} {v.mean():.4f}   (10th percentile {np.percentile(v, 10):.4f})")

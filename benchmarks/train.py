@@ -6,6 +6,10 @@
     python benchmarks/train.py --refine                 # U-Net at 64 px + a mask refiner at 128 px
     python benchmarks/train.py --plain                  # the U-Net on 64-px inputs (no unshuffle), for comparison
 
+Every variant trains with the sample profile's other values, augmentation included (today
+mirror-only, ``geometry: "flip"``): figures measured before a profile change are not reproduced
+exactly by the same command.
+
 Builds the dataset (sample world, scene depth) under data/bench/, trains, evaluates on the test
 groups, and prints measured figures next to the targets:
 
@@ -89,7 +93,7 @@ def main() -> None:
     ap.add_argument("--refine", action="store_true",
                     help="train at the labels' size with the model at its usual size and a full-size mask refiner")
     ap.add_argument("--plain", action="store_true",
-                    help="the U-Net on inputs shrunk to half the stored size, without unshuffle (the previous profile)")
+                    help="the U-Net on inputs shrunk to half the stored size, without unshuffle (an older profile's model)")
     args = ap.parse_args()
     if args.plain and args.refine:
         ap.error("--plain and --refine are two different models; pick one")
