@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .parallel import run_tasks
 from .storage import atomic_write_json
 
 DEPTH_SCALE_MM = 1000.0  # bg_depth PNGs store millimetres: uint16 covers 0..65.535 m
@@ -493,13 +494,28 @@ def pick_backdrop(rgba: np.ndarray) -> tuple[int, int, int]:
 
 # --------------------------------------------------------------------------- the world
 
+def _write_room(task: tuple[str, int, int, int, int]) -> int:
+    """Render room ``i`` of the world and write its photo, floor mask and depth; a worker's task."""
+    out, i, seed, size, width = task
+    out = Path(out)
+    room = random_room(seed * 100_003 + i)
+    rgb, depth = render_room(room, size, width)
+    Image.fromarray(rgb).save(out / "bg" / f"room_{i:03d}.jpg", quality=92)
+    Image.fromarray(floor_mask(room, size, width).astype(np.uint8) * 255).save(out / "bg_floor" / f"room_{i:03d}.png")
+    mm = np.clip(np.round(depth * DEPTH_SCALE_MM), 1, 65535).astype(np.uint16)
+    Image.fromarray(mm).save(out / "bg_depth" / f"room_{i:03d}.png")
+    return i
+
+
 def make_sample_world(out: str | Path, n_bg: int = 8, n_fg: int = 8, size: int = 160, seed: int = 0,
-                      n_plain: int | None = None) -> dict:
+                      n_plain: int | None = None, workers: int | None = None) -> dict:
     """Write the sample world to ``out`` (layout in the module docstring) and return its summary.
 
     ``size`` is the photo height; photos are 4:3 so chapter 02 has something to crop. The last
     ``n_plain`` figures (default: one in eight, at least one) are saved on a plain backdrop with no
-    alpha. Existing files with the same parameters are kept, so a re-run is cheap.
+    alpha. Existing files with the same parameters are kept, so a re-run is cheap. Rooms are
+    rendered in ``workers`` processes (default: all cores); each depends only on its seed, so the
+    files are the same for any number of workers.
     """
     out = Path(out)
     if n_bg < 1 or n_fg < 1 or size < 32:
@@ -512,13 +528,8 @@ def make_sample_world(out: str | Path, n_bg: int = 8, n_fg: int = 8, size: int =
     for sub in ("bg", "bg_depth", "bg_floor", "fg"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     width = size * 4 // 3
-    for i in range(n_bg):
-        room = random_room(seed * 100_003 + i)
-        rgb, depth = render_room(room, size, width)
-        Image.fromarray(rgb).save(out / "bg" / f"room_{i:03d}.jpg", quality=92)
-        Image.fromarray(floor_mask(room, size, width).astype(np.uint8) * 255).save(out / "bg_floor" / f"room_{i:03d}.png")
-        mm = np.clip(np.round(depth * DEPTH_SCALE_MM), 1, 65535).astype(np.uint16)
-        Image.fromarray(mm).save(out / "bg_depth" / f"room_{i:03d}.png")
+    for _ in run_tasks(_write_room, [(str(out), i, seed, size, width) for i in range(n_bg)], workers):
+        pass
     rng = np.random.default_rng([seed, 5])
     for i in range(n_fg):
         h = int(size * rng.uniform(0.9, 1.6))

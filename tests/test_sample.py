@@ -72,8 +72,10 @@ def test_people_have_soft_alpha_edges():
     assert alpha[0].max() == 0 and alpha[:, 0].max() == 0  # transparent margin to crop
 
 
-def test_world_is_reproducible(tmp_path):
-    make_sample_world(tmp_path / "a", 1, 2, 48, seed=4)
-    make_sample_world(tmp_path / "b", 1, 2, 48, seed=4)
-    for p in (tmp_path / "a").rglob("*.*"):
+def test_world_is_reproducible_with_any_number_of_workers(tmp_path):
+    make_sample_world(tmp_path / "a", 3, 2, 48, seed=4, workers=1)
+    make_sample_world(tmp_path / "b", 3, 2, 48, seed=4, workers=2)
+    files = sorted((tmp_path / "a").rglob("*.*"))
+    assert len([p for p in files if p.parent.name == "bg"]) == 3
+    for p in files:
         assert p.read_bytes() == (tmp_path / "b" / p.relative_to(tmp_path / "a")).read_bytes()
