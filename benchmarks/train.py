@@ -112,13 +112,13 @@ def main() -> None:
     cfg = TrainConfig.from_dict({**sample.train, "on_the_fly": args.on_the_fly, "checkpoint_every": 10**9})
     if args.epochs:
         cfg.epochs = args.epochs
-    if args.refine:  # the U-Net at half the stored size (no unshuffle) and a mask refiner at the stored size
-        opts = {k: v for k, v in cfg.model_options.items() if k != "unshuffle"}
-        cfg.model_options = {**opts, "refine_from": profile.size // 2}
-        cfg.sizes, cfg.depth_scale = (profile.size,), 1.0  # as when the refiner's figures were measured
-    if args.plain:
+    if args.refine or args.plain:  # the U-Net on the input shrunk to half the stored size, no unshuffle
         cfg.model_options = {k: v for k, v in cfg.model_options.items() if k != "unshuffle"}
-        cfg.sizes, cfg.depth_scale = (profile.size // 2,), 1.0
+        cfg.depth_scale = 1.0  # as when these variants' figures were measured
+        if args.refine:  # data, loss and scores at the stored size; a mask refiner at that size
+            cfg.model_options["refine_from"], cfg.sizes = profile.size // 2, (profile.size,)
+        else:
+            cfg.sizes = (profile.size // 2,)
     if args.minutes:
         per_step, per_epoch = measured_seconds(cfg, dataset)
         steps = max(1, int((args.minutes * 60 - cfg.epochs * per_epoch) / per_step / cfg.epochs))
