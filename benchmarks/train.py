@@ -5,6 +5,7 @@
     python benchmarks/train.py --on-the-fly             # the same, composites rebuilt every epoch
     python benchmarks/train.py --refine                 # U-Net at 64 px + a mask refiner at 128 px
     python benchmarks/train.py --plain                  # the U-Net on 64-px inputs (no unshuffle), for comparison
+    python benchmarks/train.py --rooms 200 --placements 2  # a grown sample world: as many composites, more rooms
 
 Every variant trains with the sample profile's other values, augmentation included (today
 mirror-only, ``geometry: "flip"``): figures measured before a profile change are not reproduced
@@ -56,13 +57,14 @@ def measured_seconds(cfg: TrainConfig, dataset: Path) -> tuple[float, float]:
     from depthmask_utils.losses import MultiTaskLoss
     from depthmask_utils.models import build_model
     from depthmask_utils.stats import load_stats
-    from depthmask_utils.train import evaluate_loader, train_step
+    from depthmask_utils.train import evaluate_loader, make_scaler, train_step
 
     s, n = cfg.sizes[-1], cfg.batch_size
     model = build_model(cfg.model, stats=load_stats(dataset), **cfg.model_options).to(memory_format=torch.channels_last)
     crit = MultiTaskLoss(cfg.depth_loss, cfg.weighting, cfg.w_mask, cfg.w_depth, depth_scale=cfg.depth_scale)
     opt = torch.optim.AdamW(model.parameters())
-    cpu, scaler = torch.device("cpu"), torch.amp.GradScaler("cuda", enabled=False)
+    cpu = torch.device("cpu")
+    scaler = make_scaler(cpu, cfg)
     gen, warm, timed = torch.Generator().manual_seed(0), 2, 30
     t_start = time.perf_counter()
     data = OnTheFlyDataset if cfg.on_the_fly else CompositeDataset
@@ -88,6 +90,10 @@ def main() -> None:
     ap.add_argument("--world", choices=["sample", "full"], default="sample")
     ap.add_argument("--minutes", type=float, help="training budget (default: the profile's epochs)")
     ap.add_argument("--epochs", type=int)
+    ap.add_argument("--batch-size", type=int, help="instead of the profile's")
+    ap.add_argument("--lr", type=float, help="peak learning rate instead of the profile's")
+    ap.add_argument("--rooms", type=int, help="sample world with this many rooms instead of the profile's")
+    ap.add_argument("--placements", type=int, help="placements per person and room instead of the profile's")
     ap.add_argument("--on-the-fly", action="store_true", help="rebuild composites with new placements each epoch")
     ap.add_argument("--keep", action="store_true", help="keep the run folder")
     ap.add_argument("--refine", action="store_true",
@@ -102,6 +108,9 @@ def main() -> None:
     sample = get_profile("sample")
     if args.world == "sample":
         profile = sample
+        if args.rooms or args.placements:  # a grown sample world: more rooms, fewer placements of each person
+            n_bg, placements = args.rooms or sample.n_bg, args.placements or sample.placements
+            profile = replace(sample, name=f"rooms{n_bg}x{placements}", n_bg=n_bg, placements=placements)
     else:  # the assignment's 100 x 100 world, stored at the sample size so a CPU can train on it
         profile = replace(sample, name="fullworld", n_fg=100, placements=4)
     t0 = time.perf_counter()
@@ -110,8 +119,9 @@ def main() -> None:
           f"(built or reused in {time.perf_counter() - t0:.0f} s)")
 
     cfg = TrainConfig.from_dict({**sample.train, "on_the_fly": args.on_the_fly, "checkpoint_every": 10**9})
-    if args.epochs:
-        cfg.epochs = args.epochs
+    for name in ("epochs", "batch_size", "lr"):
+        if getattr(args, name):
+            setattr(cfg, name, getattr(args, name))
     if args.refine or args.plain:  # the U-Net on the input shrunk to half the stored size, no unshuffle
         cfg.model_options = {k: v for k, v in cfg.model_options.items() if k != "unshuffle"}
         cfg.depth_scale = 1.0  # as when these variants' figures were measured

@@ -50,10 +50,12 @@ PROFILES = {
     # The small U-Net works at 64 px on the 128-px composites folded 2 x 2 into channels (unshuffle),
     # so its mask has the labels' resolution for a little more than a 64-px network costs.
     # Mirror-only augmentation: a resampling warp blurs the 1-2 px edges of these small people.
+    # Batches of 16 and nearest upsampling in the decoder: twice the steps in the same minutes on a
+    # CPU, which is what depth on unseen rooms needed (benchmarks/train.py; book/results.md).
     "sample": Profile("sample", n_bg=100, n_fg=8, world_size=168, size=128, placements=4, scale=(0.35, 0.65),
                       jpeg_quality=90, seed=0, teacher="scene", teacher_input=126, batch_size=8,
-                      train={"model": "small-unet", "epochs": 3, "sizes": (128,), "batch_size": 32, "lr": 3e-3,
-                             "model_options": {"base": 16, "unshuffle": 2}, "depth_scale": 0.5,
+                      train={"model": "small-unet", "epochs": 3, "sizes": (128,), "batch_size": 16, "lr": 2e-3,
+                             "model_options": {"base": 16, "unshuffle": 2, "upsample": "nearest"}, "depth_scale": 0.5,
                              "geometry": "flip", "workers": 1}),
     "full": Profile("full", n_bg=100, n_fg=100, world_size=240, size=224, placements=20, scale=(0.35, 0.65),
                     jpeg_quality=90, seed=0, teacher="depth-anything-v2-small", teacher_input=518, batch_size=128,

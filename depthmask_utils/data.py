@@ -104,11 +104,14 @@ class CompositeDataset(Dataset):
         augment: apply :func:`augment_batch` (same geometry for all four images) to each batch.
         seed: the split's seed (and the augmentation's).
         split_spec: a :class:`Split` to use instead of ``make_split(seed)``.
+        geometry: ``augment_batch``'s geometry when ``augment``: ``"affine"`` or ``"flip"`` (mirror only).
     """
 
     def __init__(self, root: str | Path, split: str | Sequence[Composite] = "train", size: int | None = None,
-                 augment: bool = False, seed: int = 0, split_spec: Split | None = None):
-        self.root = Path(root)
+                 augment: bool = False, seed: int = 0, split_spec: Split | None = None, geometry: str = "affine"):
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"geometry must be one of {', '.join(GEOMETRIES)}, not {geometry!r}")
+        self.root, self.geometry = Path(root), geometry
         self.info = read_info(self.root, need_depth=True)
         self.stored_size = int(self.info["params"]["size"])
         self.size = int(size or self.stored_size)
@@ -172,7 +175,7 @@ class CompositeDataset(Dataset):
         out = {cat: to_chw(arrays[cat]) for cat in CATEGORIES}
         if self.augment:
             gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, int(indices[0]), n)) & 0xFFFFFFFF)
-            out = augment_batch(out, gen)
+            out = augment_batch(out, gen, geometry=self.geometry)
         return out
 
     def __getitem__(self, index):
@@ -208,8 +211,8 @@ class OnTheFlyDataset(CompositeDataset):
     """
 
     def __init__(self, root: str | Path, split: str | Sequence[Composite] = "train", size: int | None = None,
-                 augment: bool = False, seed: int = 0, split_spec: Split | None = None):
-        super().__init__(root, split, size, augment, seed, split_spec)
+                 augment: bool = False, seed: int = 0, split_spec: Split | None = None, geometry: str = "affine"):
+        super().__init__(root, split, size, augment, seed, split_spec, geometry)
         if self.info["depth"].get("teacher") != "scene":
             raise DatasetError(f"{self.root}: on-the-fly composites need exact background depth (teacher 'scene'); "
                                f"this dataset was labelled by {self.info['depth'].get('teacher')!r}")

@@ -52,19 +52,30 @@ def conv_block(cin: int, cout: int) -> nn.Sequential:
                          nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class Up(nn.Module):
-    """Upsample x2, concatenate the skip connection, conv block."""
+UPSAMPLE_MODES = ("bilinear", "nearest")
 
-    def __init__(self, cin: int, cskip: int, cout: int):
+
+class Up(nn.Module):
+    """Upsample x2, concatenate the skip connection, conv block.
+
+    ``mode``: ``"bilinear"`` or ``"nearest"``. The conv block after it smooths either way; nearest
+    is cheaper to train on a CPU, where bilinear's backward pass is a slow kernel (benchmarks/train.py).
+    """
+
+    def __init__(self, cin: int, cskip: int, cout: int, mode: str = "bilinear"):
         super().__init__()
+        if mode not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, not {mode!r}")
+        self.mode = mode
         self.block = conv_block(cin + cskip, cout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """x: (N, cin, h, w), skip: (N, cskip, H, W); returns (N, cout, H, W).
 
-        ``x`` is resized bilinearly to the skip's (H, W) before the concatenation.
+        ``x`` is resized to the skip's (H, W) before the concatenation.
         """
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        corners = {} if self.mode == "nearest" else {"align_corners": False}
+        x = F.interpolate(x, size=skip.shape[-2:], mode=self.mode, **corners)
         return self.block(torch.cat([x, skip], 1))
 
 
@@ -111,18 +122,18 @@ class SmallUNet(nn.Module):
     and the heads work at full size), yet it sees every input pixel and draws the outline at full
     resolution. On the sample data the true masks, shrunk to 64 px and enlarged back, score only
     IoU 0.916: a small person's outline is a few pixels wide at 64 px.
-    H and W must be multiples of ``f * 2**levels``.
+    H and W must be multiples of ``f * 2**levels``. ``upsample``: the decoder's resize (:class:`Up`).
     """
 
     def __init__(self, base: int = 24, levels: int = 4, stats: dict | None = None, difference: bool = True,
-                 coords: bool = True, unshuffle: int = 1):
+                 coords: bool = True, unshuffle: int = 1, upsample: str = "bilinear"):
         super().__init__()
         self.norm, self.difference, self.coords, self.unshuffle = Normalise(stats), difference, coords, int(unshuffle)
         chans = [base * 2 ** i for i in range(levels + 1)]
         stem = ((9 if difference else 6) + (2 if coords else 0)) * self.unshuffle ** 2
         self.down = nn.ModuleList([conv_block(stem, chans[0])] +
                                   [conv_block(chans[i], chans[i + 1]) for i in range(levels)])
-        self.up = nn.ModuleList([Up(chans[i + 1], chans[i], chans[i]) for i in reversed(range(levels))])
+        self.up = nn.ModuleList([Up(chans[i + 1], chans[i], chans[i], upsample) for i in reversed(range(levels))])
         self.heads = Heads(chans[0], self.unshuffle)
 
     def stem_input(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:

@@ -260,6 +260,16 @@ def amp_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
 
 
+def amp_enabled(device: torch.device, config: TrainConfig) -> bool:
+    """Whether the forward pass runs under autocast: on CUDA when ``config.amp`` (CPU autocast is slower here)."""
+    return device.type == "cuda" and config.amp
+
+
+def make_scaler(device: torch.device, config: TrainConfig) -> torch.amp.GradScaler:
+    """The GradScaler :func:`train_step` expects: scaling only under float16 autocast (bfloat16 needs none)."""
+    return torch.amp.GradScaler("cuda", enabled=amp_enabled(device, config) and amp_dtype(device) == torch.float16)
+
+
 def train_step(net: torch.nn.Module, criterion: torch.nn.Module, opt: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, batch: dict[str, torch.Tensor], config: TrainConfig,
                device: torch.device, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
@@ -273,7 +283,7 @@ def train_step(net: torch.nn.Module, criterion: torch.nn.Module, opt: torch.opti
     x = to_inputs(batch, device)
     if config.channels_last:
         x = {k: v.contiguous(memory_format=torch.channels_last) for k, v in x.items()}
-    with torch.autocast(device.type, dtype=amp_dtype(device), enabled=device.type == "cuda" and config.amp):
+    with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp_enabled(device, config)):
         out = net(x["fg_bg"], x["bg"])
     loss, parts = criterion(out, x["mask"], x["depth"])
     opt.zero_grad(set_to_none=True)
@@ -324,7 +334,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
                        f"per process; lower --batch-size")
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
                                                 pct_start=0.25)
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp and amp_dtype(device) == torch.float16)
+    scaler = make_scaler(device, config)
 
     ckpt_path = run / "checkpoints" / "last.pt"
     step, epoch0, batch0, history, sums, resumed_from, steps_log = 0, 0, 0, [], [0.0, 0.0, 0.0, 0], 0, []

@@ -92,6 +92,12 @@ def test_flip_geometry_moves_whole_pixels(labelled):
     assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
     with pytest.raises(ValueError, match="geometry must be one of affine, flip"):
         Dt.augment_batch(b, geometry="rotate")
+    # The dataset's own augmentation takes the same option: each sample mirrored whole or left alone.
+    aug = Dt.CompositeDataset(labelled, "train", augment=True, geometry="flip")[list(range(8))]
+    assert all(torch.equal(aug["mask"][i], b["mask"][i]) or torch.equal(aug["mask"][i], b["mask"][i].flip(-1))
+               for i in range(8))
+    with pytest.raises(ValueError, match="geometry must be one of affine, flip"):
+        Dt.CompositeDataset(labelled, "train", augment=True, geometry="rotate")
 
 
 def test_color_jitter_is_the_same_on_both_inputs():

@@ -101,15 +101,15 @@ def test_a_refined_model_trains_evaluates_and_exports(labelled, tmp_path):
 
 
 def test_an_unshuffled_model_trains_evaluates_and_exports(labelled, tmp_path):
-    """The sample profile's combination: unshuffle, depth_scale and flip-only geometry."""
+    """The sample profile's combination: unshuffle, nearest upsampling, depth_scale and flip-only geometry."""
     from depthmask_utils.evaluate import load_model
 
     run = tmp_path / "unshuffled"
     cfg = TrainConfig(epochs=1, sizes=(32,), batch_size=8, workers=0, device="cpu", depth_scale=0.5,
-                      geometry="flip", model_options={"base": 8, "levels": 2, "unshuffle": 2})
+                      geometry="flip", model_options={"base": 8, "levels": 2, "unshuffle": 2, "upsample": "nearest"})
     train(labelled, run, cfg, progress=False, log=lambda *_: None)
     model, meta = load_model(run, "cpu")
-    assert model.unshuffle == 2 and meta["size"] == 32
+    assert model.unshuffle == 2 and model.up[0].mode == "nearest" and meta["size"] == 32
     assert 0 <= evaluate(run, labelled)["test"]["mask_iou"] <= 1
     r = export_onnx(run, tmp_path / "unshuffled.onnx")
     assert max(r["max_abs_diff"].values()) < 1e-4

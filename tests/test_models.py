@@ -34,6 +34,19 @@ def test_unshuffled_unet_runs_at_half_size_and_answers_at_full_size():
     assert torch.equal(out["mask"][:, 0, 1::2, 0::2], feats["mask"][:, 2])
 
 
+def test_nearest_upsampling_repeats_pixels_and_keeps_the_weights():
+    torch.manual_seed(0)
+    up = M.Up(4, 2, 3, mode="nearest").eval()
+    x, skip = torch.rand(1, 4, 5, 5), torch.rand(1, 2, 10, 10)
+    with torch.no_grad():
+        want = up.block(torch.cat([x.repeat_interleave(2, -1).repeat_interleave(2, -2), skip], 1))
+        assert torch.equal(up(x, skip), want)
+    bilinear, nearest = M.SmallUNet(base=4, levels=2), M.SmallUNet(base=4, levels=2, upsample="nearest")
+    assert bilinear.state_dict().keys() == nearest.state_dict().keys()  # the same parameters; only the resize differs
+    with pytest.raises(ValueError, match="upsample must be one of bilinear, nearest"):
+        M.SmallUNet(upsample="bicubic")
+
+
 def test_parameter_counts_match_torchvision():
     import torchvision
 

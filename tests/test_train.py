@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from depthmask_utils.train import RunError, TrainConfig, load_checkpoint, read_history, train
+from depthmask_utils.train import RunError, TrainConfig, amp_enabled, load_checkpoint, make_scaler, read_history, train
 
 TINY = ["--size", "32", "--batch-size", "8", "--workers", "0", "--no-progress", "--device", "cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -52,6 +52,13 @@ def test_train_writes_a_run_that_loads_with_weights_only(labelled, tmp_path):
 def test_unknown_geometry_is_refused_before_a_run_starts():
     with pytest.raises(ValueError, match="geometry must be one of"):
         TrainConfig(geometry="rotate")
+
+
+def test_mixed_precision_only_on_cuda_and_only_when_asked():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert not amp_enabled(cpu, TrainConfig(amp=True))  # CPU autocast is slower than float32 here
+    assert amp_enabled(gpu, TrainConfig(amp=True)) and not amp_enabled(gpu, TrainConfig(amp=False))
+    assert not make_scaler(cpu, TrainConfig(amp=True)).is_enabled()
 
 
 def test_progressive_sizes():
