@@ -14,8 +14,10 @@ the person is as well as its colour: pixels more than 3 px from it count as back
 Scored on:
 
 * the exact composite (no JPEG): how close the oracle itself is to the labels;
-* the stored JPEG (quality from the dataset; OpenCV's 4:2:0 chroma; what the model sees);
-* the same composite re-encoded with 4:4:4 chroma (full-resolution colour).
+* the stored JPEG (quality and chroma from the dataset; what the model sees; 4:4:4 since
+  ``jpeg_chroma`` exists, OpenCV's default 4:2:0 before);
+* the same composite re-encoded with the other chroma (4:2:0 has colour at half width and height,
+  4:4:4 at full).
 
 It is a guide, not a bound: a model can also use the shape around a pixel, which this oracle does not.
 But a mask IoU far above the oracle's on the stored JPEGs should not be expected after minutes of training.
@@ -40,19 +42,15 @@ from depthmask_utils.dataset import load_prepared  # noqa: E402
 from depthmask_utils.metrics import iou  # noqa: E402
 from depthmask_utils.overlay import composite, pyramids_for  # noqa: E402
 from depthmask_utils.pipeline import ensure_stats  # noqa: E402
+from depthmask_utils.storage import encode_jpeg_bgr  # noqa: E402
 
 
-def jpeg_roundtrip(rgb: np.ndarray, quality: int, chroma444: bool) -> np.ndarray:
-    """uint8 RGB (H, W, 3) encoded by OpenCV at ``quality`` (4:4:4 or OpenCV's default 4:2:0) and decoded."""
+def jpeg_roundtrip(rgb: np.ndarray, quality: int, chroma: str) -> np.ndarray:
+    """uint8 RGB (H, W, 3) encoded as ``generate`` encodes composites (``quality``, ``chroma``) and decoded."""
     import cv2
 
-    flags = [cv2.IMWRITE_JPEG_QUALITY, quality]
-    if chroma444:
-        flags += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), flags)
-    if not ok:
-        raise RuntimeError("OpenCV could not encode a JPEG")
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+    buf = encode_jpeg_bgr(np.ascontiguousarray(rgb[..., ::-1]), quality, chroma)
+    return cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
 
 
 def oracle_alpha(fg_bg: np.ndarray, bg: np.ndarray, colour: np.ndarray, known: np.ndarray, reach: int = 3) -> torch.Tensor:
@@ -83,10 +81,12 @@ def main() -> None:
     root = ensure_stats(profile, BENCH)
     ds = CompositeDataset(root, args.group)
     q = int(ds.info["params"]["jpeg_quality"])
+    chroma = ds.info["params"].get("jpeg_chroma", "420")  # datasets from before the option: OpenCV's default
+    other = "420" if chroma == "444" else "444"
     pyramids = pyramids_for([load_prepared(root, "fg", j) for j in range(int(ds.info["counts"]["fg"]))],
                             ds.stored_size, tuple(ds.info["params"]["scale"]))
-    scores: dict[str, list[float]] = {"exact composite": [], f"stored JPEG (q{q}, 4:2:0)": [],
-                                      f"JPEG q{q}, 4:4:4 chroma": []}
+    scores: dict[str, list[float]] = {"exact composite": [], f"stored JPEG (q{q}, {':'.join(chroma)})": [],
+                                      f"JPEG q{q}, {':'.join(other)} chroma": []}
     same_jpeg = 0
     for c in ds.items:
         stored = ds.read(c)
@@ -95,14 +95,17 @@ def main() -> None:
         exact, mask = composite(bg, placed, c.x, c.y)
         if not np.array_equal(mask, stored["mask"]):
             raise SystemExit(f"{c.id}: the rebuilt mask differs from the stored one; is the dataset from this code?")
-        same_jpeg += np.array_equal(jpeg_roundtrip(exact, q, False), stored["fg_bg"])
+        same_jpeg += np.array_equal(jpeg_roundtrip(exact, q, chroma), stored["fg_bg"])
         colour = np.zeros(bg.shape, np.float32)
         a = placed[..., 3:].astype(np.float32)
         colour[c.y:c.y + c.h, c.x:c.x + c.w] = placed[..., :3] * 255.0 / np.maximum(a, 1)
         known = mask > 0
         target = torch.from_numpy(mask)[None, None].float() / 255
-        for name, img in zip(scores, (exact, stored["fg_bg"], jpeg_roundtrip(exact, q, True))):
+        for name, img in zip(scores, (exact, stored["fg_bg"], jpeg_roundtrip(exact, q, other))):
             scores[name].append(float(iou(oracle_alpha(img, bg, colour, known), target)))
+    if same_jpeg != len(ds):  # e.g. a folder whose params.json names the wrong chroma: its rows would be mislabelled
+        raise SystemExit(f"{root}: only {same_jpeg} of {len(ds)} rebuilt composites re-encode (q{q}, {':'.join(chroma)}) "
+                         "to the stored pixels; is the dataset from this code, and params.json's jpeg_chroma right?")
     print(f"{root}: {len(ds)} composites of {args.group!r} at {ds.stored_size} px rebuilt from the manifest; "
           f"masks equal to the stored ones, JPEG of the rebuilt composite equal to the stored one: {same_jpeg} of {len(ds)}")
     print("oracle mask IoU (the person's true colour and place known, per pixel, threshold 0.5), mean over composites:")

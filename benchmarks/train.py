@@ -6,6 +6,7 @@
     python benchmarks/train.py --refine                 # U-Net at 64 px + a mask refiner at 128 px
     python benchmarks/train.py --plain                  # the U-Net on 64-px inputs (no unshuffle), for comparison
     python benchmarks/train.py --rooms 200 --placements 2  # a grown sample world: as many composites, more rooms
+    python benchmarks/train.py --jpeg-chroma 420         # composites with half-resolution colour (before 4:4:4)
 
 Every variant trains with the sample profile's other values, augmentation included (today
 mirror-only, ``geometry: "flip"``): figures measured before a profile change are not reproduced
@@ -94,6 +95,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, help="peak learning rate instead of the profile's")
     ap.add_argument("--rooms", type=int, help="sample world with this many rooms instead of the profile's")
     ap.add_argument("--placements", type=int, help="placements per person and room instead of the profile's")
+    ap.add_argument("--jpeg-chroma", choices=["444", "420"],
+                    help="composites' chroma instead of the profile's (420: OpenCV's default, half-resolution colour)")
     ap.add_argument("--on-the-fly", action="store_true", help="rebuild composites with new placements each epoch")
     ap.add_argument("--keep", action="store_true", help="keep the run folder")
     ap.add_argument("--refine", action="store_true",
@@ -113,6 +116,8 @@ def main() -> None:
             profile = replace(sample, name=f"rooms{n_bg}x{placements}", n_bg=n_bg, placements=placements)
     else:  # the assignment's 100 x 100 world, stored at the sample size so a CPU can train on it
         profile = replace(sample, name="fullworld", n_fg=100, placements=4)
+    if args.jpeg_chroma and args.jpeg_chroma != profile.jpeg_chroma:
+        profile = replace(profile, name=f"{profile.name}_{args.jpeg_chroma}", jpeg_chroma=args.jpeg_chroma)
     t0 = time.perf_counter()
     dataset = ensure_stats(profile, BENCH)
     print(f"dataset {dataset}: {profile.expected_composites} composites at {profile.size}px "

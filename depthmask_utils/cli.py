@@ -13,6 +13,7 @@ from pathlib import Path
 from .config import PROFILES, get_profile
 from .depth import MODES, TEACHERS
 from .overlay import PLACEMENTS
+from .storage import JPEG_CHROMA
 from .errors import DepthmaskError
 
 
@@ -39,7 +40,7 @@ def cmd_generate(args) -> int:
     r = generate(args.bg, args.fg, args.out, size=args.size or p.size, placements=args.placements or p.placements,
                  scale=tuple(args.scale) if args.scale else p.scale, seed=p.seed if args.seed is None else args.seed,
                  workers=args.workers, jpeg_quality=args.jpeg_quality or p.jpeg_quality, placement=args.placement,
-                 floor_dir=args.floor)
+                 floor_dir=args.floor, jpeg_chroma=args.jpeg_chroma or p.jpeg_chroma)
     for s in r.skipped:
         print(f"skipped {s['kind']} {s['file']}: {s['reason']}", file=sys.stderr)
     print(repr(r))
@@ -217,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int)
     sp.add_argument("--workers", type=int)
     sp.add_argument("--jpeg-quality", type=int)
+    sp.add_argument("--jpeg-chroma", choices=list(JPEG_CHROMA),
+                    help="444: colour at full resolution (the profiles' default); 420: half, smaller files, blurrier outlines")
     sp.add_argument("--placement", choices=list(PLACEMENTS),
                     help="floor: feet on the floor masks (default where they exist); uniform: anywhere in the frame")
     sp.add_argument("--floor", metavar="DIR", help="floor masks, one PNG per background named like it (255 = floor)")

@@ -28,6 +28,7 @@ class Profile:
     placements: int  # placements per (bg, fg, flip)
     scale: tuple[float, float]  # fg height as a fraction of the bg height
     jpeg_quality: int
+    jpeg_chroma: str  # "444" full-resolution colour in the composites, or "420" (half; OpenCV's default)
     seed: int
     teacher: str  # default depth teacher for this profile
     teacher_input: int  # side the teacher sees (multiple of 14 for ViT teachers)
@@ -53,12 +54,12 @@ PROFILES = {
     # Batches of 16 and nearest upsampling in the decoder: twice the steps in the same minutes on a
     # CPU, which is what depth on unseen rooms needed (benchmarks/train.py; book/results.md).
     "sample": Profile("sample", n_bg=100, n_fg=8, world_size=168, size=128, placements=4, scale=(0.35, 0.65),
-                      jpeg_quality=90, seed=0, teacher="scene", teacher_input=126, batch_size=8,
+                      jpeg_quality=90, jpeg_chroma="444", seed=0, teacher="scene", teacher_input=126, batch_size=8,
                       train={"model": "small-unet", "epochs": 3, "sizes": (128,), "batch_size": 16, "lr": 2e-3,
                              "model_options": {"base": 16, "unshuffle": 2, "upsample": "nearest"}, "depth_scale": 0.5,
                              "geometry": "flip", "workers": 1}),
     "full": Profile("full", n_bg=100, n_fg=100, world_size=240, size=224, placements=20, scale=(0.35, 0.65),
-                    jpeg_quality=90, seed=0, teacher="depth-anything-v2-small", teacher_input=518, batch_size=128,
+                    jpeg_quality=90, jpeg_chroma="444", seed=0, teacher="depth-anything-v2-small", teacher_input=518, batch_size=128,
                     train={"model": "resnet18", "epochs": 6, "sizes": (112, 160, 224), "batch_size": 64, "lr": 2e-3,
                            "workers": 2, "checkpoint_every": 500}),
 }

@@ -31,9 +31,9 @@ from .dataset import DATASET_JSON, FORMAT, MANIFEST_CSV, PARAMS_JSON, member, me
 from .errors import DatasetError, InputError
 from .masks import alpha_to_mask, load_foregrounds
 from .parallel import run_tasks
-from .storage import (GREY_PNG_DEFLATE, MANIFEST_FIELDS, PLACEMENT_FIELDS, atomic_write_bytes, atomic_write_json,
-                      composite_id, encode_jpeg_bgr, encode_png, encode_png_rows, read_json, remove_stale_temporaries,
-                      shard_name, write_manifest, write_shard)
+from .storage import (GREY_PNG_DEFLATE, JPEG_CHROMA, MANIFEST_FIELDS, PLACEMENT_FIELDS, atomic_write_bytes,
+                      atomic_write_json, composite_id, encode_jpeg_bgr, encode_png, encode_png_rows, read_json,
+                      remove_stale_temporaries, shard_name, write_manifest, write_shard)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -437,16 +437,17 @@ def pyramids_for(fgs: list[np.ndarray], size: int, scale: tuple[float, float]) -
 _WORKER: dict = {}
 
 
-def _init_worker(bgr: list[np.ndarray], pyramids: list[ForegroundPyramid], jpeg_quality: int, plan: dict,
+def _init_worker(bgr: list[np.ndarray], pyramids: list[ForegroundPyramid], jpeg: tuple[int, str], plan: dict,
                  floors: list[Floor] | None) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
     # Worker state, set once per process by the pool initializer (inherited, not copied, under fork).
-    _WORKER.update(bgs=bgr, pyramids=pyramids, q=jpeg_quality, floors=floors, plan=plan)
+    _WORKER.update(bgs=bgr, pyramids=pyramids, jpeg=jpeg, floors=floors, plan=plan)
 
 
-def shard_members(bgr: np.ndarray, pyramids: list[ForegroundPyramid], rows: list[dict], jpeg_quality: int):
+def shard_members(bgr: np.ndarray, pyramids: list[ForegroundPyramid], rows: list[dict], jpeg_quality: int,
+                  jpeg_chroma: str = "444"):
     """Yield (member name, bytes) for one shard: fg_bg/<id>.jpg then mask/<id>.png per row.
 
     ``bgr`` and the pyramids are in BGR(A) channel order, which OpenCV's JPEG encoder expects.
@@ -462,7 +463,7 @@ def shard_members(bgr: np.ndarray, pyramids: list[ForegroundPyramid], rows: list
         placed = pyramids[row["fg"]].placed(row["flip"], w, h)
         patch = canvas[y:y + h, x:x + w]
         blend_premultiplied(patch, placed, dst=patch)
-        jpeg = encode_jpeg_bgr(canvas, jpeg_quality)
+        jpeg = encode_jpeg_bgr(canvas, jpeg_quality, jpeg_chroma)
         patch[:] = bgr[y:y + h, x:x + w]
         alpha = mask_rows[y:y + h, 1 + x:1 + x + w]
         alpha[:] = placed[..., 3]
@@ -477,7 +478,7 @@ def _write_one_shard(task: tuple[str, int]) -> tuple[int, list[dict]]:
     path, bg = task
     floors = _WORKER["floors"]
     rows = plan_background(bg, floor=floors[bg] if floors else None, **_WORKER["plan"])
-    write_shard(path, shard_members(_WORKER["bgs"][bg], _WORKER["pyramids"], rows, _WORKER["q"]))
+    write_shard(path, shard_members(_WORKER["bgs"][bg], _WORKER["pyramids"], rows, *_WORKER["jpeg"]))
     return bg, rows
 
 
@@ -509,9 +510,11 @@ def _params_digest(params: dict) -> str:
 def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int = 224, placements: int = 20,
              scale: tuple[float, float] = (0.35, 0.65), seed: int = 0, workers: int | None = None,
              jpeg_quality: int = 90, progress: bool = True, placement: str | None = None,
-             floor_dir: str | Path | None = None) -> GenerateResult:
+             floor_dir: str | Path | None = None, jpeg_chroma: str = "444") -> GenerateResult:
     """Build the dataset in ``out`` from the images in ``bg_dir`` and ``fg_dir``.
 
+    ``jpeg_chroma``: ``"444"`` (colour at full resolution) or ``"420"`` (half; smaller files, but it
+    blurs the person's colour into the background by a pixel, which is where the mask is read).
     ``placement``: ``"floor"`` (feet on the floor masks of ``floor_dir``, or of the sample world's
     ``bg_floor/``), ``"uniform"`` (anywhere in the frame), or None: floor where masks exist.
 
@@ -524,6 +527,8 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
     out = Path(out)
     if not 1 <= jpeg_quality <= 100:
         raise ValueError("jpeg_quality must be in 1..100")
+    if jpeg_chroma not in JPEG_CHROMA:
+        raise ValueError(f"jpeg_chroma must be one of {', '.join(JPEG_CHROMA)}, got {jpeg_chroma!r}")
     t0 = time.perf_counter()
     bgs = load_backgrounds(bg_dir, size)
     fgs = load_foregrounds(fg_dir)
@@ -544,7 +549,7 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
                          "PNG mask per background, named like it, or use placement 'uniform'")
     placement = "floor" if floors is not None else "uniform"
     params = {"size": size, "placements": placements, "scale": list(scale), "seed": seed,
-              "jpeg_quality": jpeg_quality, "placement": placement, "plan_version": PLAN_VERSION,
+              "jpeg_quality": jpeg_quality, "jpeg_chroma": jpeg_chroma, "placement": placement, "plan_version": PLAN_VERSION,
               "png_deflate": GREY_PNG_DEFLATE,
               "bg_sources": bgs.sources,
               "fg_sources": fgs.sources}
@@ -552,6 +557,7 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
     todo = [bg for bg in range(len(bgs.images)) if not (out / "shards" / shard_name(bg)).exists()]
     kept = False  # a finished dataset left exactly as it is
     old = read_json(lock) if lock.exists() else params
+    old.setdefault("jpeg_chroma", "420")  # folders from before the option hold OpenCV's default
     if _params_digest(old) != _params_digest(params):
         # A finished dataset whose only difference is the PNG deflate (an older version of this
         # package) needs nothing written, so it is kept as it is; an unfinished one is refused,
@@ -559,8 +565,9 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
         kept = not todo and (out / DATASET_JSON).exists() and \
             _params_digest({**old, "png_deflate": GREY_PNG_DEFLATE}) == _params_digest(params)
         if not kept:
-            raise DatasetError(f"{out}: holds a dataset made with other parameters or inputs (see {lock.name}); "
-                               "choose a new folder or delete this one")
+            differs = ", ".join(k for k in sorted(set(old) | set(params)) if old.get(k) != params.get(k))
+            raise DatasetError(f"{out}: holds a dataset made with other parameters or inputs (differs in: {differs}; "
+                               f"see {lock.name}); choose a new folder or delete this one")
     out.mkdir(parents=True, exist_ok=True)
     if not kept:
         atomic_write_json(lock, params)
@@ -588,7 +595,7 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
               desc="composites", disable=not progress) as bar:
         if todo:
             for bg, bg_rows in run_tasks(_write_one_shard, [(str(out / "shards" / shard_name(bg)), bg) for bg in todo],
-                                         workers, _init_worker, (bgr, pyramids, jpeg_quality, plan, floors),
+                                         workers, _init_worker, (bgr, pyramids, (jpeg_quality, jpeg_chroma), plan, floors),
                                          ordered=False):
                 planned[bg] = bg_rows
                 bar.update(len(bg_rows))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import Profile
-from .dataset import DATASET_JSON, STATS_JSON
+from .dataset import DATASET_JSON, PARAMS_JSON, STATS_JSON
 
 
 def data_paths(profile: Profile, root: str | Path = "../data") -> dict[str, Path]:
@@ -38,8 +38,30 @@ def ensure_dataset(profile: Profile, root: str | Path = "../data", bg_dir=None, 
         bg_dir, fg_dir = bg_dir or world / "bg", fg_dir or world / "fg"
     if not (paths["dataset"] / DATASET_JSON).exists():
         generate(bg_dir, fg_dir, paths["dataset"], size=profile.size, placements=profile.placements,
-                 scale=profile.scale, seed=profile.seed, jpeg_quality=profile.jpeg_quality, progress=progress)
+                 scale=profile.scale, seed=profile.seed, jpeg_quality=profile.jpeg_quality,
+                 jpeg_chroma=profile.jpeg_chroma, progress=progress)
+    else:
+        check_dataset_matches(profile, paths["dataset"])
     return paths["dataset"]
+
+
+def check_dataset_matches(profile: Profile, dataset: str | Path) -> None:
+    """Raise DatasetError if the finished ``dataset`` was generated with other values than ``profile``'s.
+
+    A finished dataset is reused without regenerating it, so a folder left by an older version of the
+    course (4:2:0 composites, say) would otherwise feed every later chapter without a word.
+    """
+    from .errors import DatasetError
+    from .storage import read_json
+
+    made = read_json(Path(dataset) / PARAMS_JSON)
+    made.setdefault("jpeg_chroma", "420")  # folders from before the option hold OpenCV's default
+    wanted = {"size": profile.size, "placements": profile.placements, "scale": list(profile.scale),
+              "seed": profile.seed, "jpeg_quality": profile.jpeg_quality, "jpeg_chroma": profile.jpeg_chroma}
+    differs = [f"{k} {made.get(k)!r} (profile {profile.name!r}: {v!r})" for k, v in wanted.items() if made.get(k) != v]
+    if differs:
+        raise DatasetError(f"{dataset}: was generated with other values than profile {profile.name!r}: "
+                           + "; ".join(differs) + ". Delete the folder to rebuild it (chapter 03), or use another data root")
 
 
 def ensure_depth(profile: Profile, root: str | Path = "../data", progress: bool = False, **label_kwargs) -> Path:

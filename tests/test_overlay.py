@@ -111,16 +111,16 @@ def test_stored_composite_matches_up_to_jpeg_tolerance(x, y, colour):
     fg = np.zeros((20, 20, 4), np.uint8)
     fg[...] = colour + (255,)
     out, mask = composite(bg, premultiply(fg), x, y)
-    dec = decode_image(storage.encode_jpeg_bgr(np.ascontiguousarray(out[..., ::-1]), 90))  # PIL decodes to RGB
-    dec = dec.astype(int)
     inside = np.zeros((64, 64), bool)
     inside[y + 4:y + 16, x + 4:x + 16] = True  # away from the edge, where JPEG rings
     far = np.ones((64, 64), bool)
     far[max(0, y - 8):y + 28, max(0, x - 8):x + 28] = False
-    # JPEG (4:2:0) error: small on average, bounded everywhere
-    for got, want in ((dec[inside], np.array(colour)), (dec[far], bg[far])):
-        err = np.abs(got - want)
-        assert err.mean() <= 4 and err.max() <= 40
+    for chroma in storage.JPEG_CHROMA:  # the stored 4:4:4, and 4:2:0 for folders made before it
+        dec = decode_image(storage.encode_jpeg_bgr(np.ascontiguousarray(out[..., ::-1]), 90, chroma)).astype(int)
+        # JPEG error: small on average, bounded everywhere
+        for got, want in ((dec[inside], np.array(colour)), (dec[far], bg[far])):
+            err = np.abs(got - want)
+            assert err.mean() <= 4 and err.max() <= 40
 
 
 @settings(max_examples=30, deadline=None)
@@ -272,6 +272,32 @@ def test_other_parameters_refuse_to_mix(built, tmp_path, world):
         generate(world / "bg", world / "fg", dst, size=64, placements=4, workers=1, progress=False)
 
 
+def test_composites_are_stored_with_full_resolution_chroma(built, tmp_path, world):
+    import json
+
+    params = json.loads((built / "params.json").read_text())
+    assert params["jpeg_chroma"] == "444"
+    with zipfile.ZipFile(built / "shards" / "bg_000.zip") as zf:
+        jpeg = zf.read(next(n for n in zf.namelist() if n.startswith("fg_bg/")))
+    assert [layer[1:3] for layer in Image.open(io.BytesIO(jpeg)).layer] == [(1, 1)] * 3
+    with pytest.raises(ValueError, match="jpeg_chroma must be one of 444, 420"):
+        generate(world / "bg", world / "fg", tmp_path / "x", size=64, jpeg_chroma="4:4:4", progress=False)
+    # A folder from before the option holds OpenCV's default, 4:2:0: it is that dataset, not this one.
+    dst = tmp_path / "old"
+    shutil.copytree(built, dst)
+    (dst / "params.json").write_text(json.dumps({k: v for k, v in params.items() if k != "jpeg_chroma"}))
+    kw = dict(size=params["size"], placements=params["placements"], workers=1, progress=False)
+    with pytest.raises(DatasetError, match="differs in: jpeg_chroma"):
+        generate(world / "bg", world / "fg", dst, **kw)
+    assert generate(world / "bg", world / "fg", dst, jpeg_chroma="420", **kw).shards_written == 0
+    # The option reaches the workers: a fresh 4:2:0 dataset stores 4:2:0 members.
+    fresh = generate(world / "bg", world / "fg", tmp_path / "420", jpeg_chroma="420", **kw)
+    assert fresh.composites == params["placements"] * 2 * 3 * 4 and read_json(tmp_path / "420" / "params.json")["jpeg_chroma"] == "420"
+    with zipfile.ZipFile(tmp_path / "420" / "shards" / "bg_000.zip") as zf:
+        jpeg = zf.read(next(n for n in zf.namelist() if n.startswith("fg_bg/")))
+    assert Image.open(io.BytesIO(jpeg)).layer[0][1:3] == (2, 2)
+
+
 def test_a_dataset_planned_by_an_older_version_is_not_resumed(built, tmp_path, world):
     import json
 
@@ -296,3 +322,28 @@ def test_a_dataset_planned_by_an_older_version_is_not_resumed(built, tmp_path, w
         with pytest.raises(DatasetError, match="other parameters"):
             generate(world / "bg", world / "fg", dst, size=info["params"]["size"],
                      placements=info["params"]["placements"], workers=1, progress=False)
+
+
+def test_a_finished_dataset_made_with_other_values_is_not_reused_silently(dataset):
+    import json
+    from dataclasses import replace
+
+    from depthmask_utils.config import get_profile
+    from depthmask_utils.pipeline import check_dataset_matches, ensure_dataset
+
+    # The profile the `built` fixture was generated with, and a data root holding it where the pipeline looks.
+    profile = replace(get_profile("sample"), name="tiny", size=64, placements=3, scale=(0.35, 0.65), seed=0)
+    check_dataset_matches(profile, dataset)  # the same values: reused as it is
+    root = dataset.parent / "root"
+    (root / "tiny").mkdir(parents=True)
+    dataset.rename(root / "tiny" / "dataset")
+    assert ensure_dataset(profile, root, bg_dir="unused", fg_dir="unused") == root / "tiny" / "dataset"
+    with pytest.raises(DatasetError, match="jpeg_chroma '444' \\(profile 'tiny': '420'\\)"):
+        ensure_dataset(replace(profile, jpeg_chroma="420"), root, bg_dir="unused", fg_dir="unused")
+    # A folder from before the option (no jpeg_chroma in params.json) holds 4:2:0 composites.
+    params = root / "tiny" / "dataset" / "params.json"
+    params.write_text(json.dumps({k: v for k, v in json.loads(params.read_text()).items() if k != "jpeg_chroma"}))
+    with pytest.raises(DatasetError, match="jpeg_chroma '420'.*Delete the folder"):
+        check_dataset_matches(profile, root / "tiny" / "dataset")
+    with pytest.raises(DatasetError, match="size 64 \\(profile 'tiny': 128\\)"):
+        check_dataset_matches(replace(profile, size=128, jpeg_chroma="420"), root / "tiny" / "dataset")

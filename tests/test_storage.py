@@ -25,6 +25,27 @@ def test_jpeg_bgr_matches_pil_decoding():
     assert dec[..., 0].mean() > 240 and dec[..., 2].mean() < 10
 
 
+def test_jpeg_chroma_444_keeps_colour_edges_that_420_smears():
+    import cv2
+
+    # One-pixel red and green columns on grey: the kind of edge a person's outline makes.
+    rgb = np.full((32, 32, 3), 128, np.uint8)
+    rgb[:, 10] = (230, 20, 20)
+    rgb[:, 11] = (20, 200, 20)
+    bgr = rgb[..., ::-1].copy()
+    err = {}
+    for chroma, factors in (("444", (1, 1)), ("420", (2, 2))):
+        im = Image.open(io.BytesIO(encode_jpeg_bgr(bgr, 90, chroma)))
+        assert im.layer[0][1:3] == factors and im.layer[1][1:3] == (1, 1)  # luma sampling, relative to chroma
+        err[chroma] = np.abs(np.asarray(im, np.int16) - rgb).max()
+    assert err["444"] < 40 < err["420"]
+    assert encode_jpeg_bgr(bgr, 90) == encode_jpeg_bgr(bgr, 90, "444")
+    # "420" is OpenCV's default byte for byte, so folders made before the option resume consistently.
+    assert encode_jpeg_bgr(bgr, 90, "420") == cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    with pytest.raises(ValueError, match="chroma must be one of 444, 420"):
+        encode_jpeg_bgr(bgr, 90, "422")
+
+
 def test_shard_bytes_equal_zipfiles(tmp_path):
     # write_shard packs the zip records itself for speed; zipfile is the reference.
     rng = np.random.default_rng(0)
