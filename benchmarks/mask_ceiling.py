@@ -38,7 +38,7 @@ from _common import BENCH  # noqa: E402
 
 from depthmask_utils.config import get_profile  # noqa: E402
 from depthmask_utils.data import CompositeDataset  # noqa: E402
-from depthmask_utils.dataset import load_prepared  # noqa: E402
+from depthmask_utils.dataset import load_prepared, read_params  # noqa: E402
 from depthmask_utils.metrics import iou  # noqa: E402
 from depthmask_utils.overlay import composite, pyramids_for  # noqa: E402
 from depthmask_utils.pipeline import ensure_stats  # noqa: E402
@@ -81,7 +81,7 @@ def main() -> None:
     root = ensure_stats(profile, BENCH)
     ds = CompositeDataset(root, args.group)
     q = int(ds.info["params"]["jpeg_quality"])
-    chroma = ds.info["params"].get("jpeg_chroma", "420")  # datasets from before the option: OpenCV's default
+    chroma = read_params(root)["jpeg_chroma"]
     other = "420" if chroma == "444" else "444"
     pyramids = pyramids_for([load_prepared(root, "fg", j) for j in range(int(ds.info["counts"]["fg"]))],
                             ds.stored_size, tuple(ds.info["params"]["scale"]))

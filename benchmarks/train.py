@@ -41,6 +41,7 @@ from _common import BENCH, verdict  # noqa: E402
 from depthmask_utils.config import get_profile  # noqa: E402
 from depthmask_utils.evaluate import evaluate, real_photo_check  # noqa: E402
 from depthmask_utils.pipeline import ensure_stats  # noqa: E402
+from depthmask_utils.storage import JPEG_CHROMA  # noqa: E402
 from depthmask_utils.train import TrainConfig, train  # noqa: E402
 
 
@@ -95,7 +96,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, help="peak learning rate instead of the profile's")
     ap.add_argument("--rooms", type=int, help="sample world with this many rooms instead of the profile's")
     ap.add_argument("--placements", type=int, help="placements per person and room instead of the profile's")
-    ap.add_argument("--jpeg-chroma", choices=["444", "420"],
+    ap.add_argument("--jpeg-chroma", choices=list(JPEG_CHROMA),
                     help="composites' chroma instead of the profile's (420: OpenCV's default, half-resolution colour)")
     ap.add_argument("--on-the-fly", action="store_true", help="rebuild composites with new placements each epoch")
     ap.add_argument("--keep", action="store_true", help="keep the run folder")

@@ -66,6 +66,17 @@ def load_prepared(root: str | Path, category: str, index: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- dataset.json and the manifest
 
+def read_params(root: str | Path) -> dict:
+    """``params.json``, the values ``generate`` made the dataset with.
+
+    Folders made before ``jpeg_chroma`` was recorded hold OpenCV's default, 4:2:0; the key is filled
+    in so that every reader (a resumed ``generate``, the pipeline's reuse check) agrees on it.
+    """
+    params = read_json(Path(root) / PARAMS_JSON)
+    params.setdefault("jpeg_chroma", "420")
+    return params
+
+
 def read_info(root: str | Path, need_depth: bool = False) -> dict:
     """``dataset.json``, checked: it exists, has the supported format and (if asked) depth labels."""
     root = Path(root)

@@ -27,7 +27,8 @@ from PIL import Image
 
 from . import __version__
 from .backgrounds import load_backgrounds
-from .dataset import DATASET_JSON, FORMAT, MANIFEST_CSV, PARAMS_JSON, member, member_pattern, prepared_path
+from .dataset import (DATASET_JSON, FORMAT, MANIFEST_CSV, PARAMS_JSON, member, member_pattern, prepared_path,
+                      read_params)
 from .errors import DatasetError, InputError
 from .masks import alpha_to_mask, load_foregrounds
 from .parallel import run_tasks
@@ -556,8 +557,7 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
     lock = out / PARAMS_JSON
     todo = [bg for bg in range(len(bgs.images)) if not (out / "shards" / shard_name(bg)).exists()]
     kept = False  # a finished dataset left exactly as it is
-    old = read_json(lock) if lock.exists() else params
-    old.setdefault("jpeg_chroma", "420")  # folders from before the option hold OpenCV's default
+    old = read_params(out) if lock.exists() else params
     if _params_digest(old) != _params_digest(params):
         # A finished dataset whose only difference is the PNG deflate (an older version of this
         # package) needs nothing written, so it is kept as it is; an unfinished one is refused,

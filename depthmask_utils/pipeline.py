@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import Profile
-from .dataset import DATASET_JSON, PARAMS_JSON, STATS_JSON
+from .dataset import DATASET_JSON, STATS_JSON, read_params
 
 
 def data_paths(profile: Profile, root: str | Path = "../data") -> dict[str, Path]:
@@ -52,10 +52,8 @@ def check_dataset_matches(profile: Profile, dataset: str | Path) -> None:
     course (4:2:0 composites, say) would otherwise feed every later chapter without a word.
     """
     from .errors import DatasetError
-    from .storage import read_json
 
-    made = read_json(Path(dataset) / PARAMS_JSON)
-    made.setdefault("jpeg_chroma", "420")  # folders from before the option hold OpenCV's default
+    made = read_params(dataset)
     wanted = {"size": profile.size, "placements": profile.placements, "scale": list(profile.scale),
               "seed": profile.seed, "jpeg_quality": profile.jpeg_quality, "jpeg_chroma": profile.jpeg_chroma}
     differs = [f"{k} {made.get(k)!r} (profile {profile.name!r}: {v!r})" for k, v in wanted.items() if made.get(k) != v]
