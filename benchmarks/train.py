@@ -7,6 +7,7 @@
     python benchmarks/train.py --plain                  # the U-Net on 64-px inputs (no unshuffle), for comparison
     python benchmarks/train.py --rooms 200 --placements 2  # a grown sample world: as many composites, more rooms
     python benchmarks/train.py --jpeg-chroma 420         # composites with half-resolution colour (before 4:4:4)
+    python benchmarks/train.py --set edge_weight=5 --set model_options.base=24  # other training values
 
 Every variant trains with the sample profile's other values, augmentation included (today
 mirror-only, ``geometry: "flip"``): figures measured before a profile change are not reproduced
@@ -30,7 +31,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -56,14 +57,13 @@ def measured_seconds(cfg: TrainConfig, dataset: Path) -> tuple[float, float]:
     every epoch. All count, so a budget in minutes is the training's wall-clock time.
     """
     from depthmask_utils.data import CompositeDataset, OnTheFlyDataset, make_loader
-    from depthmask_utils.losses import MultiTaskLoss
     from depthmask_utils.models import build_model
     from depthmask_utils.stats import load_stats
-    from depthmask_utils.train import evaluate_loader, make_scaler, train_step
+    from depthmask_utils.train import evaluate_loader, make_criterion, make_scaler, train_step
 
     s, n = cfg.sizes[-1], cfg.batch_size
     model = build_model(cfg.model, stats=load_stats(dataset), **cfg.model_options).to(memory_format=torch.channels_last)
-    crit = MultiTaskLoss(cfg.depth_loss, cfg.weighting, cfg.w_mask, cfg.w_depth, depth_scale=cfg.depth_scale)
+    crit = make_criterion(cfg)
     opt = torch.optim.AdamW(model.parameters())
     cpu = torch.device("cpu")
     scaler = make_scaler(cpu, cfg)
@@ -87,6 +87,29 @@ def measured_seconds(cfg: TrainConfig, dataset: Path) -> tuple[float, float]:
     return per_step, time.perf_counter() - t0 + start_cost
 
 
+def get_key(cfg: TrainConfig, key: str):
+    """``cfg``'s value for ``key`` (``model_options.K`` reads the model's options); None if unset."""
+    return cfg.model_options.get(key.split(".", 1)[1]) if key.startswith("model_options.") else getattr(cfg, key, None)
+
+
+def set_value(ap: argparse.ArgumentParser, cfg: TrainConfig, item: str) -> tuple[str, object]:
+    """Apply one ``--set KEY=VALUE`` to ``cfg`` (VALUE parsed as JSON, else kept as text); an unknown key is an error."""
+    key, sep, text = item.partition("=")
+    if not sep:
+        ap.error(f"--set {item!r}: expected KEY=VALUE")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    if key.startswith("model_options."):
+        cfg.model_options = {**cfg.model_options, key.split(".", 1)[1]: value}
+    elif key in {f.name for f in fields(TrainConfig)} and key not in TrainConfig.RUNTIME:
+        setattr(cfg, key, tuple(value) if key == "sizes" else value)
+    else:
+        ap.error(f"--set {key}: not a TrainConfig value")
+    return key, value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", choices=["sample", "full"], default="sample")
@@ -98,6 +121,8 @@ def main() -> None:
     ap.add_argument("--placements", type=int, help="placements per person and room instead of the profile's")
     ap.add_argument("--jpeg-chroma", choices=list(JPEG_CHROMA),
                     help="composites' chroma instead of the profile's (420: OpenCV's default, half-resolution colour)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a TrainConfig value instead of the profile's (VALUE as JSON; model_options.K for the model's)")
     ap.add_argument("--on-the-fly", action="store_true", help="rebuild composites with new placements each epoch")
     ap.add_argument("--keep", action="store_true", help="keep the run folder")
     ap.add_argument("--refine", action="store_true",
@@ -128,6 +153,9 @@ def main() -> None:
     for name in ("epochs", "batch_size", "lr"):
         if getattr(args, name):
             setattr(cfg, name, getattr(args, name))
+    for item in args.set:
+        key, value = set_value(ap, cfg, item)
+        print(f"{key} = {value!r} (the profile's: {get_key(TrainConfig.from_dict(sample.train), key)!r})")
     if args.refine or args.plain:  # the U-Net on the input shrunk to half the stored size, no unshuffle
         cfg.model_options = {k: v for k, v in cfg.model_options.items() if k != "unshuffle"}
         cfg.depth_scale = 1.0  # as when these variants' figures were measured

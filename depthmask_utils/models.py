@@ -108,6 +108,19 @@ class Heads(nn.Module):
         return {"mask": mask, "depth": torch.sigmoid(depth)}
 
 
+def refinement_head(cin: int, channels: int) -> nn.Sequential:
+    """Two 3x3 conv-BN-ReLU layers of ``channels`` and a 1x1 convolution to one channel: a correction
+    to mask logits at full resolution, from ``cin`` channels of full-resolution inputs and the logits.
+    The last layer starts at zero, so an untrained head leaves the logits as they are."""
+    head = nn.Sequential(
+        nn.Conv2d(cin, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+        nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+        nn.Conv2d(channels, 1, 1))
+    nn.init.zeros_(head[-1].weight)
+    nn.init.zeros_(head[-1].bias)
+    return head
+
+
 class SmallUNet(nn.Module):
     """A from-scratch U-Net on fg_bg, bg and their absolute difference (9 channels after the stem).
 
@@ -123,10 +136,15 @@ class SmallUNet(nn.Module):
     resolution. On the sample data the true masks, shrunk to 64 px and enlarged back, score only
     IoU 0.916: a small person's outline is a few pixels wide at 64 px.
     H and W must be multiples of ``f * 2**levels``. ``upsample``: the decoder's resize (:class:`Up`).
+
+    ``refine`` > 0 adds a :func:`refinement_head` of that many channels at the input's resolution: it
+    corrects the mask logits from the stem input (normalised images, difference, coordinates) and the
+    logits themselves, pixel by pixel, where an unshuffled U-Net draws each 2 x 2 block from one
+    feature vector.
     """
 
     def __init__(self, base: int = 24, levels: int = 4, stats: dict | None = None, difference: bool = True,
-                 coords: bool = True, unshuffle: int = 1, upsample: str = "bilinear"):
+                 coords: bool = True, unshuffle: int = 1, upsample: str = "bilinear", refine: int = 0):
         super().__init__()
         self.norm, self.difference, self.coords, self.unshuffle = Normalise(stats), difference, coords, int(unshuffle)
         chans = [base * 2 ** i for i in range(levels + 1)]
@@ -135,6 +153,7 @@ class SmallUNet(nn.Module):
                                   [conv_block(chans[i], chans[i + 1]) for i in range(levels)])
         self.up = nn.ModuleList([Up(chans[i + 1], chans[i], chans[i], upsample) for i in reversed(range(levels))])
         self.heads = Heads(chans[0], self.unshuffle)
+        self.refine = refinement_head(stem // self.unshuffle ** 2 + 1, refine) if refine else None
 
     def stem_input(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
         """What the first convolution sees, before any unshuffle: normalised fg_bg and bg, the scaled
@@ -152,16 +171,18 @@ class SmallUNet(nn.Module):
         """fg_bg, bg: float (N, 3, H, W) in 0..1, H and W multiples of ``unshuffle * 2**levels``;
         returns dict with ``mask`` logits (N, 1, H, W) and ``depth`` (N, 1, H, W) in 0..1 (1 = nearest).
         """
-        x = self.stem_input(fg_bg, bg)
-        if self.unshuffle > 1:
-            x = F.pixel_unshuffle(x, self.unshuffle)
+        full = self.stem_input(fg_bg, bg)
+        x = F.pixel_unshuffle(full, self.unshuffle) if self.unshuffle > 1 else full
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
             skips.append(x)
         for up, skip in zip(self.up, reversed(skips[:-1])):
             x = up(x, skip)
-        return self.heads(x)
+        out = self.heads(x)
+        if self.refine is not None:
+            out["mask"] = out["mask"] + self.refine(torch.cat([full, out["mask"]], 1))
+        return out
 
 
 def six_channel_conv(conv: nn.Conv2d) -> nn.Conv2d:
@@ -244,12 +265,7 @@ class MaskRefiner(nn.Module):
     def __init__(self, base: nn.Module, work: int = 64, channels: int = 8):
         super().__init__()
         self.base, self.work = base, int(work)
-        self.refine = nn.Sequential(
-            nn.Conv2d(10, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-            nn.Conv2d(channels, 1, 1))
-        nn.init.zeros_(self.refine[-1].weight)
-        nn.init.zeros_(self.refine[-1].bias)
+        self.refine = refinement_head(10, channels)
 
     def shrink(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, C, work, work); an exact box average when H = W = k * work."""

@@ -66,6 +66,7 @@ class TrainConfig:
     w_mask: float = 1.0
     w_depth: float = 1.0
     depth_scale: float = 1.0  # the depth loss on maps area-shrunk by this factor (MultiTaskLoss)
+    edge_weight: float = 1.0  # mask BCE counted this many times within a pixel of the soft edge (losses.mask_loss)
     augment: bool = True
     geometry: str = "affine"  # augment_batch's geometry: "affine" (flip, shift, scale, rotate) or "flip"
     on_the_fly: bool = False
@@ -270,6 +271,12 @@ def make_scaler(device: torch.device, config: TrainConfig) -> torch.amp.GradScal
     return torch.amp.GradScaler("cuda", enabled=amp_enabled(device, config) and amp_dtype(device) == torch.float16)
 
 
+def make_criterion(config: TrainConfig) -> MultiTaskLoss:
+    """The loss ``config`` trains with: its depth loss, weighting, weights, depth scale and edge weight."""
+    return MultiTaskLoss(config.depth_loss, config.weighting, config.w_mask, config.w_depth,
+                         depth_scale=config.depth_scale, edge_weight=config.edge_weight)
+
+
 def train_step(net: torch.nn.Module, criterion: torch.nn.Module, opt: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, batch: dict[str, torch.Tensor], config: TrainConfig,
                device: torch.device, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
@@ -320,8 +327,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
     model = build_model(config.model, stats=stats, pretrained=config.pretrained, **config.model_options).to(device)
     if config.channels_last:  # faster convolutions on GPUs and, with oneDNN, on CPUs too
         model = model.to(memory_format=torch.channels_last)
-    criterion = MultiTaskLoss(config.depth_loss, config.weighting, config.w_mask, config.w_depth,
-                              depth_scale=config.depth_scale).to(device)
+    criterion = make_criterion(config).to(device)
     params = list(model.parameters()) + list(criterion.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 

@@ -113,6 +113,32 @@ def test_losses_penalise_what_they_should():
     assert L.mask_loss(logits, t) < 0.01 < L.mask_loss(-logits, t)
 
 
+def test_edge_weight_counts_bce_more_on_the_soft_edge():
+    t = torch.zeros(1, 1, 8, 8)
+    t[..., 4:] = 1
+    t[..., 3] = 0.5  # a soft column: the band is it and one pixel either side
+    band = L.edge_band(t)
+    assert band[0, 0, 0].tolist() == [0, 0, 1, 1, 1, 0, 0, 0]
+    assert torch.equal(L.edge_band(t, reach=0)[0, 0, 0], (t[0, 0, 0] == 0.5).float())
+    logits = torch.randn(1, 1, 8, 8)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    by_hand = (bce * (1 + 4 * band)).mean() + L.dice_loss(logits, t)
+    assert torch.allclose(L.mask_loss(logits, t, edge_weight=5), by_hand)
+    assert torch.allclose(L.mask_loss(logits, t, edge_weight=1), bce.mean() + L.dice_loss(logits, t))
+    # the same error costs more on the edge than in the room
+    good = (t * 2 - 1) * 8
+    on_edge, away = good.clone(), good.clone()
+    on_edge[..., 2] = 8
+    away[..., 0] = 8
+    assert L.mask_loss(on_edge, t, 5) > L.mask_loss(away, t, 5)
+    assert torch.allclose(L.mask_loss(on_edge, t), L.mask_loss(away, t))
+    crit = L.MultiTaskLoss(edge_weight=5)
+    depth = torch.rand(1, 1, 8, 8)
+    assert crit({"mask": logits, "depth": depth}, t, depth)[1]["mask"] == pytest.approx(float(by_hand))
+    with pytest.raises(ValueError, match="edge_weight"):
+        L.MultiTaskLoss(edge_weight=0.5)
+
+
 def test_uncertainty_weighting_learns_log_variances():
     crit = L.MultiTaskLoss(weighting="uncertainty")
     out = {"mask": torch.zeros(1, 1, 8, 8, requires_grad=True), "depth": torch.full((1, 1, 8, 8), 0.5, requires_grad=True)}

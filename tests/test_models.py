@@ -128,6 +128,21 @@ def test_mask_refiner_shapes_start_and_sizes():
     assert extra == 10 * 8 * 9 + 2 * 8 + 8 * 8 * 9 + 2 * 8 + 8 + 1  # two 3x3 convs with BN, a 1x1 conv
 
 
+def test_unet_refinement_starts_at_zero():
+    torch.manual_seed(0)
+    plain = M.SmallUNet(base=4, levels=2, unshuffle=2).eval()
+    refined = M.SmallUNet(base=4, levels=2, unshuffle=2, refine=8).eval()
+    missing = refined.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("refine.") for k in missing)
+    fg_bg, bg = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        a, b = plain(fg_bg, bg), refined(fg_bg, bg)
+    assert torch.equal(a["depth"], b["depth"]) and torch.allclose(a["mask"], b["mask"], atol=1e-6)
+    # 11 stem channels at full size (images, difference, coordinates) and the logits
+    extra = M.count_parameters(refined) - M.count_parameters(plain)
+    assert extra == 12 * 8 * 9 + 2 * 8 + 8 * 8 * 9 + 2 * 8 + 8 + 1
+
+
 def test_mask_refiner_sharpens_a_small_mask():
     """Detail finer than the working size (1-px stripes, like hair or gaps between fingers): the base
     model, shrunk to half size, sees only a blur there; the refiner sees the stripes in the difference."""
