@@ -31,7 +31,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -87,27 +87,32 @@ def measured_seconds(cfg: TrainConfig, dataset: Path) -> tuple[float, float]:
     return per_step, time.perf_counter() - t0 + start_cost
 
 
-def get_key(cfg: TrainConfig, key: str):
-    """``cfg``'s value for ``key`` (``model_options.K`` reads the model's options); None if unset."""
-    return cfg.model_options.get(key.split(".", 1)[1]) if key.startswith("model_options.") else getattr(cfg, key, None)
-
-
-def set_value(ap: argparse.ArgumentParser, cfg: TrainConfig, item: str) -> tuple[str, object]:
-    """Apply one ``--set KEY=VALUE`` to ``cfg`` (VALUE parsed as JSON, else kept as text); an unknown key is an error."""
-    key, sep, text = item.partition("=")
-    if not sep:
-        ap.error(f"--set {item!r}: expected KEY=VALUE")
+def apply_sets(ap: argparse.ArgumentParser, cfg: TrainConfig, items: list[str]) -> TrainConfig:
+    """``cfg`` with each ``--set KEY=VALUE`` applied (VALUE parsed as JSON, else kept as text), made by
+    ``TrainConfig.from_dict`` so that its conversions and checks apply; an unknown key is an error.
+    Prints each value next to the one it replaces."""
+    values, options = asdict(cfg), dict(cfg.model_options)
+    settable = {f.name for f in fields(TrainConfig)} - set(TrainConfig.RUNTIME) - {"model_options"}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        if key.startswith("model_options."):
+            name = key.split(".", 1)[1]
+            old, options[name] = options.get(name), value
+        elif key in settable:
+            old, values[key] = values[key], value
+        else:
+            ap.error(f"--set {key}: not a TrainConfig value (model_options.K sets one of the model's)")
+        print(f"{key} = {value!r} (instead of {old!r})")
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = text
-    if key.startswith("model_options."):
-        cfg.model_options = {**cfg.model_options, key.split(".", 1)[1]: value}
-    elif key in {f.name for f in fields(TrainConfig)} and key not in TrainConfig.RUNTIME:
-        setattr(cfg, key, tuple(value) if key == "sizes" else value)
-    else:
-        ap.error(f"--set {key}: not a TrainConfig value")
-    return key, value
+        return TrainConfig.from_dict({**values, "model_options": options})
+    except ValueError as e:  # TrainConfig's own checks, e.g. an unknown geometry
+        ap.error(f"--set: {e}")
 
 
 def main() -> None:
@@ -153,9 +158,7 @@ def main() -> None:
     for name in ("epochs", "batch_size", "lr"):
         if getattr(args, name):
             setattr(cfg, name, getattr(args, name))
-    for item in args.set:
-        key, value = set_value(ap, cfg, item)
-        print(f"{key} = {value!r} (the profile's: {get_key(TrainConfig.from_dict(sample.train), key)!r})")
+    cfg = apply_sets(ap, cfg, args.set)
     if args.refine or args.plain:  # the U-Net on the input shrunk to half the stored size, no unshuffle
         cfg.model_options = {k: v for k, v in cfg.model_options.items() if k != "unshuffle"}
         cfg.depth_scale = 1.0  # as when these variants' figures were measured

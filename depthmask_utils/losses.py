@@ -36,12 +36,8 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, edge_weight: float = 1
     ``edge_weight`` > 1 counts BCE that many times within a pixel of the soft edge (:func:`edge_band`):
     a small person's IoU is decided there, and those pixels are a few percent of the image.
     """
-    if edge_weight == 1:
-        bce = F.binary_cross_entropy_with_logits(logits, target)
-    else:
-        weight = 1 + (edge_weight - 1) * edge_band(target)
-        bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight)
-    return bce + dice_loss(logits, target)
+    weight = None if edge_weight == 1 else 1 + (edge_weight - 1) * edge_band(target)
+    return F.binary_cross_entropy_with_logits(logits, target, weight=weight) + dice_loss(logits, target)
 
 
 def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -148,12 +148,12 @@ class SmallUNet(nn.Module):
         super().__init__()
         self.norm, self.difference, self.coords, self.unshuffle = Normalise(stats), difference, coords, int(unshuffle)
         chans = [base * 2 ** i for i in range(levels + 1)]
-        stem = ((9 if difference else 6) + (2 if coords else 0)) * self.unshuffle ** 2
-        self.down = nn.ModuleList([conv_block(stem, chans[0])] +
+        full = (9 if difference else 6) + (2 if coords else 0)  # stem_input's channels, before unshuffle
+        self.down = nn.ModuleList([conv_block(full * self.unshuffle ** 2, chans[0])] +
                                   [conv_block(chans[i], chans[i + 1]) for i in range(levels)])
         self.up = nn.ModuleList([Up(chans[i + 1], chans[i], chans[i], upsample) for i in reversed(range(levels))])
         self.heads = Heads(chans[0], self.unshuffle)
-        self.refine = refinement_head(stem // self.unshuffle ** 2 + 1, refine) if refine else None
+        self.refine = refinement_head(full + 1, refine) if refine else None
 
     def stem_input(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
         """What the first convolution sees, before any unshuffle: normalised fg_bg and bg, the scaled
