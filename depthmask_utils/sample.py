@@ -197,15 +197,24 @@ def _camera_rays(room: Room, height: int, width: int) -> tuple[np.ndarray, np.nd
 def _hit_boxes(o: np.ndarray, d: np.ndarray, boxes: list, t_max: np.ndarray):
     """Nearest box hit per ray closer than t_max: (t, box index or -1, hit axis)."""
     safe = np.where(np.abs(d) < 1e-12, 1e-12, d)
+    # One contiguous column per axis: numpy reduces an (N, 3) array along its short axis several
+    # times slower than it combines three (N,) arrays, and max/min give the same values either way.
+    o_ax, d_ax = [np.ascontiguousarray(o[:, a]) for a in range(3)], [np.ascontiguousarray(safe[:, a]) for a in range(3)]
     best_t, best_k, best_axis = t_max.copy(), np.full(len(o), -1), np.zeros(len(o), dtype=np.int64)
     for k, b in enumerate(boxes):
-        t1, t2 = (b.lo - o) / safe, (b.hi - o) / safe
-        tmin_ax, tmax = np.minimum(t1, t2), np.maximum(t1, t2).min(axis=1)
-        tmin = tmin_ax.max(axis=1)
+        near, far = [], []
+        for a in range(3):
+            t1, t2 = (b.lo[a] - o_ax[a]) / d_ax[a], (b.hi[a] - o_ax[a]) / d_ax[a]
+            near.append(np.minimum(t1, t2))
+            far.append(np.maximum(t1, t2))
+        tmin = np.maximum(np.maximum(near[0], near[1]), near[2])
+        tmax = np.minimum(np.minimum(far[0], far[1]), far[2])
         hit = (tmax >= tmin) & (tmin > 1e-4) & (tmin < best_t)
+        # the axis argmax would pick: the first of the three that reaches tmin
+        axis = np.where(near[0] >= tmin, 0, np.where(near[1] >= tmin, 1, 2))
         best_t = np.where(hit, tmin, best_t)
         best_k = np.where(hit, k, best_k)
-        best_axis = np.where(hit, tmin_ax.argmax(axis=1), best_axis)
+        best_axis = np.where(hit, axis, best_axis)
     return best_t, best_k, best_axis
 
 

@@ -271,6 +271,16 @@ def make_scaler(device: torch.device, config: TrainConfig) -> torch.amp.GradScal
     return torch.amp.GradScaler("cuda", enabled=amp_enabled(device, config) and amp_dtype(device) == torch.float16)
 
 
+def one_cycle(opt: torch.optim.Optimizer, lr: float, total_steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The one-cycle schedule: warm up to ``lr`` over the first quarter of ``total_steps``, then anneal.
+
+    ``OneCycleLR`` divides by zero when its warm-up is exactly one step (a quarter of 4 steps), so a
+    4-step run warms up over 30 % of them instead.
+    """
+    pct_start = 0.3 if total_steps == 4 else 0.25
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=pct_start)
+
+
 def make_criterion(config: TrainConfig) -> MultiTaskLoss:
     """The loss ``config`` trains with: its depth loss, weighting, weights, depth scale and edge weight."""
     return MultiTaskLoss(config.depth_loss, config.weighting, config.w_mask, config.w_depth,
@@ -338,8 +348,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
     if steps_per_epoch == 0:
         raise RunError(f"{dataset}: {len(train_items)} training composites make no full batch of {config.batch_size} "
                        f"per process; lower --batch-size")
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
-                                                pct_start=0.25)
+    sched = one_cycle(opt, config.lr, config.epochs * steps_per_epoch)
     scaler = make_scaler(device, config)
 
     ckpt_path = run / "checkpoints" / "last.pt"

@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from depthmask_utils.train import RunError, TrainConfig, amp_enabled, load_checkpoint, make_scaler, read_history, train
+from depthmask_utils.train import (RunError, TrainConfig, amp_enabled, load_checkpoint, make_scaler, one_cycle,
+                                   read_history, train)
 
 TINY = ["--size", "32", "--batch-size", "8", "--workers", "0", "--no-progress", "--device", "cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -47,6 +48,21 @@ def test_train_writes_a_run_that_loads_with_weights_only(labelled, tmp_path):
     # Another configuration in the same folder is refused, naming what differs.
     with pytest.raises(RunError, match="differs in: lr"):
         train(labelled, tmp_path / "run", tiny_config(lr=1e-2), progress=False)
+
+
+def test_one_cycle_runs_for_any_number_of_steps():
+    # torch's OneCycleLR with pct_start=0.25 divides by zero at 4 steps (a warm-up of exactly one step)
+    for total in range(1, 40):
+        opt = torch.optim.AdamW(torch.nn.Linear(1, 1).parameters(), lr=1e-3)
+        sched = one_cycle(opt, 1e-3, total)
+        lrs = [sched.get_last_lr()[0]]
+        for _ in range(total - 1):
+            opt.step()
+            sched.step()
+            lrs.append(sched.get_last_lr()[0])
+        assert max(lrs) <= 1e-3 * (1 + 1e-9), (total, lrs)
+        if total >= 5:  # shorter runs have no step left to warm up over
+            assert lrs[0] < max(lrs) and lrs[-1] < max(lrs), (total, lrs)  # warms up, then anneals
 
 
 def test_unknown_geometry_is_refused_before_a_run_starts():
