@@ -161,7 +161,6 @@ def main() -> None:
     for name in ("epochs", "batch_size", "lr"):
         if getattr(args, name):
             setattr(cfg, name, getattr(args, name))
-    cfg = apply_sets(ap, cfg, args.set)
     if args.refine or args.plain:  # the U-Net on the input shrunk to half the stored size, no unshuffle
         cfg.model_options = {k: v for k, v in cfg.model_options.items() if k not in ("unshuffle", "refine")}
         cfg.depth_scale, cfg.edge_weight = 1.0, 1.0  # as when these variants' figures were measured
@@ -169,10 +168,11 @@ def main() -> None:
             cfg.model_options["refine_from"], cfg.sizes = profile.size // 2, (profile.size,)
         else:
             cfg.sizes = (profile.size // 2,)
+    cfg = apply_sets(ap, cfg, args.set)  # last, so that --set overrides the variants' values too
     if args.minutes:
         per_step, per_epoch = measured_seconds(cfg, dataset)
-        # Plan for 97 % of the budget: on this shared machine whole runs took up to 4 % longer per step
-        # than the 30 timed steps (0.28 s timed, 0.29-0.30 s over the run).
+        # Plan for 97 % of the budget: on this shared machine a run planned on all of it took 4 % longer
+        # (5.2 min), its steps slower than the 30 timed ones.
         def steps_per_epoch(epochs: int) -> int:
             return max(1, int((0.97 * args.minutes * 60 - epochs * per_epoch) / per_step / epochs))
 

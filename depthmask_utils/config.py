@@ -47,7 +47,8 @@ class Profile:
 
 PROFILES = {
     # 200 rooms, because depth and the mask on unseen rooms generalise only with many rooms (chapter 10;
-    # 100 rooms x 4 placements missed both 5-minute targets, 200 x 2 met them with two seeds);
+    # 100 rooms x 4 placements missed both 5-minute targets, 200 x 2 met them in 3 of 4 runs and
+    # missed depth once, with fewer steps: book/results.md);
     # 8 people x 2 flips x 2 placements keep the dataset at 6,400 composites, seconds to build.
     # The small U-Net works at 64 px on the 128-px composites folded 2 x 2 into channels (unshuffle),
     # so its mask has the labels' resolution for a little more than a 64-px network costs; a small
