@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import asdict, fields, replace
@@ -46,7 +47,7 @@ from depthmask_utils.data import CompositeDataset  # noqa: E402
 from depthmask_utils.evaluate import evaluate, real_photo_check  # noqa: E402
 from depthmask_utils.pipeline import ensure_stats  # noqa: E402
 from depthmask_utils.storage import JPEG_CHROMA  # noqa: E402
-from depthmask_utils.train import TrainConfig, train  # noqa: E402
+from depthmask_utils.train import TrainConfig, train, validation_items  # noqa: E402
 
 
 def measured_seconds(cfg: TrainConfig, dataset: Path) -> tuple[float, float]:
@@ -54,10 +55,12 @@ def measured_seconds(cfg: TrainConfig, dataset: Path) -> tuple[float, float]:
 
     A step is ``train_step``, the training loop's own, with batches from the same DataLoader (its
     workers decode while the model computes, on the same cores): augment, forward, loss, backward, update.
-    Mean of 30 steps after 2 warm-up steps (8 steps once measured 0.45 s, and the run then took
-    0.47-0.60 s per step); the loader's start is counted once per epoch, as in ``train``, which
-    builds a loader per epoch. The validation pass is the one ``train`` runs after
-    every epoch. All count, so a budget in minutes is the training's wall-clock time.
+    Median of 40 steps after 2 warm-up steps, each timed from batch to batch: 8 steps once measured
+    0.45 s, and the run then took 0.47-0.60 s per step; the mean of 30 once measured 0.32 s at a
+    slow moment where the run's steps then took 0.28 s, and the run trained 4.2 of its 5 minutes.
+    The loader's start is counted once per epoch, as in ``train``, which builds a loader per epoch.
+    The validation pass is the one ``train`` runs after every epoch, on the same ``val_samples``.
+    All count, so a budget in minutes is the training's wall-clock time.
     """
     from depthmask_utils.data import OnTheFlyDataset, make_loader
     from depthmask_utils.models import build_model
@@ -70,23 +73,22 @@ def measured_seconds(cfg: TrainConfig, dataset: Path) -> tuple[float, float]:
     opt = torch.optim.AdamW(model.parameters())
     cpu = torch.device("cpu")
     scaler = make_scaler(cpu, cfg)
-    gen, warm, timed = torch.Generator().manual_seed(0), 2, 30
+    gen, warm, timed = torch.Generator().manual_seed(0), 2, 40
     t_start = time.perf_counter()
     data = OnTheFlyDataset if cfg.on_the_fly else CompositeDataset
     loader = make_loader(data(dataset, "train", s), n, True, cfg.workers, cfg.seed, True)
     loader.sampler.set_epoch(0, 0)
+    ticks = []  # time at the start of each step, waiting for its batch included
     for i, batch in enumerate(loader):
-        if i == 1:
-            t_first = time.perf_counter() - t_start  # the loader's start and one step
-        if i == warm:
-            t0 = time.perf_counter()
+        ticks.append(time.perf_counter())
         if i == warm + timed:
             break
         train_step(model, crit, opt, scaler, batch, cfg, cpu, gen)
-    per_step = (time.perf_counter() - t0) / timed
-    start_cost = max(0.0, t_first - per_step)
+    per_step = statistics.median(b - a for a, b in zip(ticks[warm:], ticks[warm + 1:]))
+    start_cost = max(0.0, ticks[1] - t_start - per_step)  # the loader's start, beyond one step
     t0 = time.perf_counter()
-    evaluate_loader(model, make_loader(CompositeDataset(dataset, "val", s), 64, workers=0), cpu)
+    val = validation_items(CompositeDataset(dataset, "val", seed=cfg.seed).items, cfg.val_samples)
+    evaluate_loader(model, make_loader(CompositeDataset(dataset, val, s), 64, workers=0), cpu)
     return per_step, time.perf_counter() - t0 + start_cost
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from depthmask_utils.train import (RunError, TrainConfig, amp_enabled, load_checkpoint, make_scaler, one_cycle,
-                                   read_history, train)
+                                   read_history, train, validation_items)
 
 TINY = ["--size", "32", "--batch-size", "8", "--workers", "0", "--no-progress", "--device", "cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -63,6 +63,33 @@ def test_one_cycle_runs_for_any_number_of_steps():
         assert max(lrs) <= 1e-3 * (1 + 1e-9), (total, lrs)
         if total >= 5:  # shorter runs have no step left to warm up over
             assert lrs[0] < max(lrs) and lrs[-1] < max(lrs), (total, lrs)  # warms up, then anneals
+
+
+def test_validation_items_spread_over_the_split():
+    assert validation_items(list(range(10)), 4) == [0, 2, 5, 7]
+    assert validation_items(list(range(10)), None) == validation_items(list(range(10)), 10) == list(range(10))
+    assert validation_items(list(range(3)), 50) == [0, 1, 2]
+    with pytest.raises(ValueError, match="val_samples must be at least 1"):
+        TrainConfig(val_samples=0)
+
+
+def test_validating_on_a_subset_reports_on_it_and_trains_the_same_weights(labelled, tmp_path):
+    from depthmask_utils.data import CompositeDataset, make_loader
+    from depthmask_utils.evaluate import load_model
+    from depthmask_utils.train import evaluate_loader
+
+    quiet = {"progress": False, "log": lambda *_: None}
+    whole = train(labelled, tmp_path / "whole", tiny_config(epochs=1), **quiet)
+    part = train(labelled, tmp_path / "part", tiny_config(epochs=1, val_samples=5), **quiet)
+    a, b = (torch.load(tmp_path / r / "model.pt", weights_only=True)["state_dict"] for r in ("whole", "part"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # validation only reports
+    model, _ = load_model(tmp_path / "part")
+    val = CompositeDataset(labelled, "val").items
+    assert len(val) > 5
+    for items, result in ((validation_items(val, 5), part), (val, whole)):
+        m = evaluate_loader(model, make_loader(CompositeDataset(labelled, items, 32), 64, workers=0), torch.device("cpu"))
+        assert len(m["mask_iou"]) == len(items)
+        assert result.final["val_depth_rmse"] == pytest.approx(float(m["depth_rmse"].mean()), abs=1e-6)
 
 
 def test_unknown_geometry_is_refused_before_a_run_starts():
