@@ -1,12 +1,12 @@
 """Benchmark training quality against time: the sample profile, or a budget run on the full world.
 
-    python benchmarks/train.py                          # sample profile (200 rooms), its training config
+    python benchmarks/train.py                          # sample profile (400 rooms), its training config
     python benchmarks/train.py --minutes 5              # the same within a 5-minute budget (the target)
     python benchmarks/train.py --world full --minutes 30  # 100 rooms x 100 people, 30-minute budget
     python benchmarks/train.py --on-the-fly             # the same, composites rebuilt every epoch
     python benchmarks/train.py --refine                 # U-Net at 64 px + a mask refiner at 128 px
     python benchmarks/train.py --plain                  # the U-Net on 64-px inputs (no unshuffle), for comparison
-    python benchmarks/train.py --rooms 100 --placements 4  # the sample world before: as many composites, fewer rooms
+    python benchmarks/train.py --rooms 200 --placements 2  # the sample world before: as many composites, half the rooms
     python benchmarks/train.py --jpeg-chroma 420         # composites with half-resolution colour (before 4:4:4)
     python benchmarks/train.py --set edge_weight=1 --set model_options.refine=0  # other training values
 
