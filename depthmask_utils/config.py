@@ -47,8 +47,9 @@ class Profile:
 
 PROFILES = {
     # 400 rooms, because depth and the mask on unseen rooms generalise only with many rooms (chapter 10;
-    # with as many composites, 100 rooms x 4 placements missed both 5-minute targets, 200 x 2 met
-    # depth in 4 of 7 runs, 400 x 1 in 5 of 7 and its test set has twice the rooms: book/results.md);
+    # with as many composites, 100 rooms x 4 placements missed both 5-minute targets; at the profile's
+    # 980 steps 200 x 2 and 400 x 1 met both with 4 seeds of 4, 400 x 1 with a narrower spread on a
+    # test set of twice the rooms; within a 5-minute budget neither reliably: book/results.md);
     # 8 people x 2 flips x 1 placement keep the dataset at 6,400 composites, seconds to build.
     # The small U-Net works at 64 px on the 128-px composites folded 2 x 2 into channels (unshuffle),
     # so its mask has the labels' resolution for a little more than a 64-px network costs; a small
