@@ -51,7 +51,7 @@ PROFILES = {
     # than 200 x 2 for the spread, not the mean: at the profile's 980 steps both met both targets with
     # 4 seeds of 4, 400 x 1 over a narrower range on a test set of twice the rooms (mean depth RMSE
     # 0.075 against 0.071); within a 5-minute budget, all 4 seeds met both on a day this machine fitted
-    # ~1,480 steps in it, 1 run of 3 on slower days that fitted 788-980 (book/results.md);
+    # ~1,480 steps in it, about half the runs that fitted 788-980 (slower days; book/results.md);
     # 8 people x 2 flips x 1 placement keep the dataset at 6,400 composites, seconds to build.
     # The small U-Net works at 64 px on the 128-px composites folded 2 x 2 into channels (unshuffle),
     # so its mask has the labels' resolution for a little more than a 64-px network costs; a small
@@ -59,13 +59,15 @@ PROFILES = {
     # on people this small, most of the person and a ring around it) sharpen the outline, where a
     # small person's IoU is lost.
     # Mirror-only augmentation: a resampling warp blurs the 1-2 px edges of these small people.
+    # Validation after each epoch on 320 of the 840 val composites, spread over all 60 val rooms: it
+    # only reports (the weights are the same), and the seconds it saves go to training steps.
     # Batches of 16 and nearest upsampling in the decoder: twice the steps in the same minutes on a
     # CPU, which is what depth on unseen rooms needed (benchmarks/train.py; book/results.md).
     "sample": Profile("sample", n_bg=400, n_fg=8, world_size=168, size=128, placements=1, scale=(0.35, 0.65),
                       jpeg_quality=90, jpeg_chroma="444", seed=0, teacher="scene", teacher_input=126, batch_size=8,
                       train={"model": "small-unet", "epochs": 4, "sizes": (128,), "batch_size": 16, "lr": 2e-3,
                              "model_options": {"base": 16, "unshuffle": 2, "upsample": "nearest", "refine": 8},
-                             "depth_scale": 0.5, "edge_weight": 5.0,
+                             "depth_scale": 0.5, "edge_weight": 5.0, "val_samples": 320,
                              "geometry": "flip", "workers": 1}),
     "full": Profile("full", n_bg=100, n_fg=100, world_size=240, size=224, placements=20, scale=(0.35, 0.65),
                     jpeg_quality=90, jpeg_chroma="444", seed=0, teacher="depth-anything-v2-small", teacher_input=518, batch_size=128,
