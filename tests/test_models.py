@@ -85,17 +85,11 @@ def test_receptive_field_grows_with_depth():
         M.receptive_field(dead, 96)
 
 
-def test_a_tiny_model_overfits_four_samples():
+def test_a_tiny_model_overfits_four_samples(toy_scene):
     from depthmask_utils.losses import MultiTaskLoss
     from depthmask_utils.metrics import iou
 
-    torch.manual_seed(0)
-    bg = torch.rand(4, 3, 32, 32)
-    mask = torch.zeros(4, 1, 32, 32)
-    for i in range(4):
-        mask[i, :, 4 + i:20 + i, 8:16 + i] = 1
-    fg_bg = bg * (1 - mask) + mask * torch.tensor([0.9, 0.2, 0.2]).view(1, 3, 1, 1)
-    depth = torch.linspace(0, 1, 32).view(1, 1, 32, 1).expand(4, 1, 32, 32) * (1 - mask) + 0.7 * mask
+    fg_bg, bg, mask, depth = (toy_scene[k] for k in ("fg_bg", "bg", "mask", "depth"))
     model, crit = M.SmallUNet(base=8, levels=2), MultiTaskLoss()
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for _ in range(250):

@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from depthmask_utils import train as T
 from depthmask_utils.train import (RunError, TrainConfig, amp_enabled, load_checkpoint, make_scaler, one_cycle,
                                    read_history, train, validation_items)
 
@@ -97,11 +98,37 @@ def test_unknown_geometry_is_refused_before_a_run_starts():
         TrainConfig(geometry="rotate")
 
 
-def test_mixed_precision_only_on_cuda_and_only_when_asked():
+def test_mixed_precision_where_the_hardware_computes_it_and_only_when_asked(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert not amp_enabled(cpu, TrainConfig(amp=True))  # CPU autocast is slower than float32 here
     assert amp_enabled(gpu, TrainConfig(amp=True)) and not amp_enabled(gpu, TrainConfig(amp=False))
-    assert not make_scaler(cpu, TrainConfig(amp=True)).is_enabled()
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    assert not T.cpu_has_bf16()
+    assert not amp_enabled(cpu, TrainConfig(amp=True))  # emulated bfloat16 is slower than float32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert T.cpu_has_bf16() and amp_enabled(cpu, TrainConfig(amp=True)) and not amp_enabled(cpu, TrainConfig(amp=False))
+    assert T.amp_dtype(cpu) == torch.bfloat16
+    assert not make_scaler(cpu, TrainConfig(amp=True)).is_enabled()  # bfloat16 needs no loss scaling
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_train_step_fits_a_toy_batch_in_float32_and_in_bfloat16(monkeypatch, bf16, toy_scene):
+    # bfloat16 keeps 8 bits of mantissa: the forward pass in it must still fit, with float32 weights and loss
+    from depthmask_utils.models import SmallUNet
+
+    monkeypatch.setattr(T, "cpu_has_bf16", lambda: bf16)
+    batch = {k: (v * 255).round().to(torch.uint8) for k, v in toy_scene.items()}  # as the loader gives
+    torch.manual_seed(0)
+    cfg, cpu = tiny_config(augment=False, lr=3e-3), torch.device("cpu")
+    net = SmallUNet(base=8, levels=2).to(memory_format=torch.channels_last)
+    seen = []
+    net.heads.register_forward_hook(lambda mod, args, out: seen.append(out["mask"].dtype))
+    opt, crit = torch.optim.AdamW(net.parameters(), cfg.lr), T.make_criterion(cfg)
+    scaler, gen = make_scaler(cpu, cfg), torch.Generator().manual_seed(0)
+    losses = [T.train_step(net, crit, opt, scaler, batch, cfg, cpu, gen)[0].item() for _ in range(150)]
+    assert seen[0] == (torch.bfloat16 if bf16 else torch.float32)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
 
 
 def test_progressive_sizes():
