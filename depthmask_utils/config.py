@@ -52,7 +52,8 @@ PROFILES = {
     # 4 seeds of 4, 400 x 1 over a narrower range on a test set of twice the rooms (mean depth RMSE
     # 0.075 against 0.071); within a 5-minute budget in float32, all 4 seeds met both on a day this
     # machine fitted ~1,480 steps in it, about half the runs that fitted 788-1,000 (slower days); in
-    # bfloat16 (train.cpu_has_bf16), all 8 runs fitting 1,230-2,160 steps met both (book/results.md);
+    # bfloat16 (train.cpu_has_bf16) all 4 seeds met both within 5 minutes (1,890-2,160 steps) and
+    # within 3.1, a slower day's share (1,230-1,344 steps; book/results.md);
     # 8 people x 2 flips x 1 placement keep the dataset at 6,400 composites, seconds to build.
     # The small U-Net works at 64 px on the 128-px composites folded 2 x 2 into channels (unshuffle),
     # so its mask has the labels' resolution for a little more than a 64-px network costs; a small
