@@ -47,7 +47,7 @@ from depthmask_utils.data import CompositeDataset  # noqa: E402
 from depthmask_utils.evaluate import evaluate, real_photo_check  # noqa: E402
 from depthmask_utils.pipeline import ensure_stats  # noqa: E402
 from depthmask_utils.storage import JPEG_CHROMA  # noqa: E402
-from depthmask_utils.train import TrainConfig, amp_enabled, train, validation_items  # noqa: E402
+from depthmask_utils.train import TrainConfig, amp_dtype, amp_enabled, resolve_device, train, validation_items  # noqa: E402
 
 
 def measured_seconds(cfg: TrainConfig, dataset: Path) -> tuple[float, float]:
@@ -193,9 +193,11 @@ def main() -> None:
     minutes = result.seconds / 60
     m = evaluate(run, dataset)
     photos, _ = real_photo_check(run, dataset)
+    on = resolve_device(cfg.device)  # where train ran, and so in which precision
+    precision = amp_dtype(on) if amp_enabled(on, cfg) else torch.float32
     print(f"\ntrained {cfg.model} {cfg.model_options} at {cfg.sizes}px for {result.steps} steps in {minutes:.1f} min "
           f"({result.steps * cfg.batch_size / result.seconds:.0f} samples/s) on {torch.get_num_threads()} threads, "
-          f"{'bfloat16 autocast' if amp_enabled(torch.device('cpu'), cfg) else 'float32'}")
+          f"forward pass in {precision} on {on}")
     for name, g in [("all test", m["test"]), *m["groups"].items()]:
         print(f"  {name:12s} n={g['n']:5d}  mask IoU {g['mask_iou']:.4f}  Dice {g['mask_dice']:.4f}  "
               f"boundary F {g['mask_boundary_f']:.4f} | depth RMSE {g['depth_rmse']:.4f}  AbsRel {g['depth_abs_rel']:.4f}  "
