@@ -40,7 +40,9 @@ def cmd_generate(args) -> int:
     r = generate(args.bg, args.fg, args.out, size=args.size or p.size, placements=args.placements or p.placements,
                  scale=tuple(args.scale) if args.scale else p.scale, seed=p.seed if args.seed is None else args.seed,
                  workers=args.workers, jpeg_quality=args.jpeg_quality or p.jpeg_quality, placement=args.placement,
-                 floor_dir=args.floor, jpeg_chroma=args.jpeg_chroma or p.jpeg_chroma)
+                 floor_dir=args.floor, jpeg_chroma=args.jpeg_chroma or p.jpeg_chroma,
+                 floor_teacher=args.floor_teacher or p.network_teacher,
+                 log=lambda line: print(line, file=sys.stderr if line.startswith("warning") else sys.stdout))
     for s in r.skipped:
         print(f"skipped {s['kind']} {s['file']}: {s['reason']}", file=sys.stderr)
     print(repr(r))
@@ -62,10 +64,16 @@ def cmd_label_depth(args) -> int:
     """Add depth labels from a teacher (chapter 04); resumes shard by shard."""
     from .depth import label_depth
 
+    from .pipeline import labelling_teacher
+
     p = _profile(args)
-    r = label_depth(args.dataset, teacher=args.teacher or p.teacher, mode=args.mode, batch_size=args.batch_size or p.batch_size,
+    teacher = args.teacher
+    if teacher is None:
+        teacher, why = labelling_teacher(p, args.dataset)
+        print(f"teacher {teacher}: {why}")
+    r = label_depth(args.dataset, teacher=teacher, mode=args.mode or p.depth_mode, batch_size=args.batch_size or p.batch_size,
                     device=args.device, weights=args.weights, teacher_path=args.teacher_path,
-                    input_size=args.input_size or p.teacher_input, overwrite=args.overwrite)
+                    input_size=args.input_size or p.teacher_input, overwrite=args.overwrite, profile=p.name)
     print(repr(r))
     return 0
 
@@ -96,7 +104,7 @@ def _train_config(args):
     cfg = TrainConfig(**p.train)
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "workers": args.workers,
                  "device": args.device, "seed": args.seed, "model": args.model,
-                 "checkpoint_every": args.checkpoint_every}
+                 "checkpoint_every": args.checkpoint_every, "pretrained": args.pretrained}
     cfg = TrainConfig.from_dict({**cfg.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
     if args.model and args.model != p.train.get("model"):  # the profile's options (base, unshuffle) are its model's
         cfg.model_options, cfg.depth_scale = {}, 1.0
@@ -108,11 +116,21 @@ def _train_config(args):
     return cfg
 
 
+def cmd_pack(args) -> int:
+    """One zip of the whole dataset folder, to hand in or upload (stored, not recompressed)."""
+    from .storage import pack_folder
+
+    r = pack_folder(args.dataset, args.out)
+    print(f"wrote {r['path']}: {r['files']} files, {r['bytes'] / 1e6:.1f} MB")
+    return 0
+
+
 def cmd_train(args) -> int:
     """Train (or resume) a run (chapter 10); options override the profile's training values."""
     from .train import train
 
-    r = train(args.dataset, args.out, _train_config(args), progress=not args.no_progress)
+    r = train(args.dataset, args.out, _train_config(args), progress=not args.no_progress,
+              allow_random_labels=args.allow_random_labels)
     print(repr(r))
     return 0
 
@@ -154,7 +172,8 @@ def cmd_run(args) -> int:
 
     print(f"running the course, profile {args.profile}, into {Path(args.out).resolve()}", flush=True)
     try:
-        report = run_course(args.profile, args.out, only=args.only, log=print)
+        report = run_course(args.profile, args.out, only=args.only, log=print, fg_dir=args.fg, bg_dir=args.bg,
+                            floor_dir=args.floor)
     except ChapterFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -221,8 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--jpeg-chroma", choices=list(JPEG_CHROMA),
                     help="444: colour at full resolution (the profiles' default); 420: half, smaller files, blurrier outlines")
     sp.add_argument("--placement", choices=list(PLACEMENTS),
-                    help="floor: feet on the floor masks (default where they exist); uniform: anywhere in the frame")
-    sp.add_argument("--floor", metavar="DIR", help="floor masks, one PNG per background named like it (255 = floor)")
+                    help="floor (default): feet on the floor masks, or on estimated floors; uniform: anywhere in the frame")
+    sp.add_argument("--floor", metavar="DIR", help="floor masks, one PNG per background named like it (255 = floor); "
+                                                   "without them (and outside the sample world) floors are estimated")
+    sp.add_argument("--floor-teacher", choices=[t for t in TEACHERS if t != "scene"],
+                    help="the depth teacher whose map of each background the floor is estimated from "
+                         "(default: the profile's network teacher; sample: mini)")
 
     sp = add("verify", cmd_verify, "check every member, count and mask of a dataset")
     sp.add_argument("dataset")
@@ -230,12 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("label-depth", cmd_label_depth, "add depth labels from a teacher")
     sp.add_argument("dataset")
-    sp.add_argument("--teacher", choices=list(TEACHERS))
-    sp.add_argument("--mode", choices=list(MODES), default="bg-plus-foreground")
+    sp.add_argument("--teacher", choices=list(TEACHERS),
+                    help="default: the profile's (sample: scene, exact; your own photos: mini; full: depth-anything-v2-small)")
+    sp.add_argument("--mode", choices=list(MODES), help="default: the profile's (sample and full: bg-plus-foreground)")
     sp.add_argument("--batch-size", type=int)
     sp.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
     sp.add_argument("--weights", choices=["pretrained", "random"], default="pretrained",
-                    help="random: same architecture with random weights (offline tests and timing only)")
+                    help="random: same architecture with random weights (noise; code-path tests and timing "
+                         "only; refused with --profile full)")
     sp.add_argument("--teacher-path", help="local folder with the teacher's config.json and weights")
     sp.add_argument("--input-size", type=int, help="square side the teacher sees")
     sp.add_argument("--overwrite", action="store_true", help="relabel shards labelled by another teacher")
@@ -249,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n", type=int, default=16)
     sp.add_argument("--strips", type=int, default=4)
     sp.add_argument("--seed", type=int, default=0)
+
+    sp = add("pack", cmd_pack, "one zip of a dataset folder, to hand in or upload")
+    sp.add_argument("dataset")
+    sp.add_argument("--out", required=True, help="the zip file to write")
 
     from .models import MODELS
 
@@ -265,7 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--refine-from", type=int, metavar="PX",
                     help="run the model at PX and refine the mask at --size (e.g. --size 128 --refine-from 64)")
     sp.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (and one at each epoch end)")
+    sp.add_argument("--pretrained", action=argparse.BooleanOptionalAction,
+                    help="ImageNet weights for a ResNet encoder (default: the profile's; full: on, a download)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar (logs one line per epoch)")
+    sp.add_argument("--allow-random-labels", action="store_true",
+                    help="train even on depth labels from a teacher with random weights (code-path tests only)")
 
     sp = add("evaluate", cmd_evaluate, "test metrics of a run -> RUN/metrics.json")
     sp.add_argument("run")
@@ -287,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("run", cmd_run, "execute every chapter in order (papermill); notebooks, data and report.md go to --out")
     sp.add_argument("--out", default="executed", help="folder for the executed notebooks, data and report (default: executed)")
     sp.add_argument("--only", nargs="+", metavar="NN", help="only these chapters (numbers such as 00 03, or names)")
+    sp.add_argument("--fg", metavar="DIR", help="your own foregrounds (RGBA cut-outs), for every chapter that takes them")
+    sp.add_argument("--bg", metavar="DIR", help="your own backgrounds")
+    sp.add_argument("--floor", metavar="DIR", help="floor masks for your backgrounds (else they are estimated)")
 
     sp = add("refresh", cmd_refresh, "re-run chapters in place with their sample defaults, as committed")
     sp.add_argument("only", nargs="*", metavar="NN", help="only these chapters (default: all)")

@@ -76,7 +76,9 @@ def install_cell(repo: Repository, notebook: str) -> str:
 # Elsewhere this cell does nothing. (Generated from _config.yml by `python -m depthmask_utils colab`.)
 import os, subprocess, sys
 if "google.colab" in sys.modules:
-    COURSE = "/content/{repo.name}"
+    # DEPTHMASK_REPO / DEPTHMASK_COURSE_DIR: another copy of the course (a fork, or a local clone)
+    REPO = os.environ.get("DEPTHMASK_REPO", "{repo.url}")
+    COURSE = os.environ.get("DEPTHMASK_COURSE_DIR", "/content/{repo.name}")
 
     def step(what, *cmd):
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -84,8 +86,7 @@ if "google.colab" in sys.modules:
             raise SystemExit(f"Colab set-up failed while {{what}}:\\n{{done.stderr[-3000:]}}")
 
     if not os.path.isdir(COURSE):
-        step("cloning {repo.url}", "git", "clone", "-q", "--depth", "1", "-b", "{repo.branch}",
-             "{repo.url}", COURSE)
+        step(f"cloning {{REPO}}", "git", "clone", "-q", "--depth", "1", "-b", "{repo.branch}", REPO, COURSE)
     step("installing the course package", sys.executable, "-m", "pip", "install", "-q", "-e", {target})
     sys.path.insert(0, COURSE)
     os.chdir(f"{{COURSE}}/notebooks")
@@ -201,15 +202,20 @@ def _execute(nb: Path, executed: Path, parameters: dict | None, after_failure: s
 
 
 def run_course(profile: str = "sample", out: str | Path = "executed", only: list[str] | None = None,
-               log=print, notebooks: Path = NOTEBOOKS) -> Path:
+               log=print, notebooks: Path = NOTEBOOKS, fg_dir: str | Path | None = None,
+               bg_dir: str | Path | None = None, floor_dir: str | Path | None = None) -> Path:
     """Execute every chapter in order with papermill under ``profile``; returns ``OUT/report.md``.
 
     ``OUT/notebooks/`` gets the executed chapters, ``OUT/data/<profile>/`` the world, dataset and
     trained run they build (each step resumes, so running again after a failure continues), and
     ``OUT/report.md`` the key figures. ``only`` keeps chapters whose number or name is listed.
+    ``fg_dir``, ``bg_dir``, ``floor_dir``: your own folders, passed to every chapter that takes them
+    (the later chapters find the dataset built from them in ``OUT/data``).
     Raises :class:`ChapterFailed` at the first failing chapter.
     """
     import time
+
+    import papermill as pm
 
     from .config import get_profile
 
@@ -224,8 +230,11 @@ def run_course(profile: str = "sample", out: str | Path = "executed", only: list
         executed = out / "notebooks" / nb.name
         log(f"[{i:2d}/{len(todo)}] {nb.stem:<34s}", end="", flush=True)
         t0 = time.perf_counter()
+        own = {k: str(Path(v).resolve()) for k, v in (("fg_dir", fg_dir), ("bg_dir", bg_dir), ("floor_dir", floor_dir)) if v}
+        declared = pm.inspect_notebook(str(nb))
         try:
-            _execute(nb, executed, {"profile": profile, "data_root": str(data_root)},
+            _execute(nb, executed, {"profile": profile, "data_root": str(data_root),
+                                    **{k: v for k, v in own.items() if k in declared}},
                      f"\nthe executed notebook, with the error in place: {executed}")
         except ChapterFailed:
             log("FAILED")

@@ -204,20 +204,21 @@ class OnTheFlyDataset(CompositeDataset):
     """Composites rebuilt inside the loader from ``bg/`` and ``fg/``, with fresh placements per epoch.
 
     Same items (bg, fg, flip) and output as :class:`CompositeDataset`, but each epoch draws new
-    boxes from ``default_rng([seed, epoch, bg, fg, flip, k])``, so the model never sees the same
-    composite twice and the disk holds only the inputs. Depth is exact: the scene depth of the
-    background with the person standing at the foot point (chapter 04's rule), so this needs a
-    dataset labelled by the ``scene`` teacher.
+    boxes from ``default_rng([seed, epoch, bg, fg, flip, k])``, on the dataset's floors where it was
+    placed on floors (chapter 03's rule: feet on the floor), else anywhere. So the model never sees the
+    same composite twice and the disk holds only the inputs. Depth follows chapter 04's foot-point
+    rule on the room's depth: exact for the sample world, else the labelling teacher's map of the
+    empty room, stored once per room by ``label-depth`` (``room_depth/``).
     """
 
     def __init__(self, root: str | Path, split: str | Sequence[Composite] = "train", size: int | None = None,
                  augment: bool = False, seed: int = 0, split_spec: Split | None = None, geometry: str = "affine"):
+        from .depth import room_depth
+
         super().__init__(root, split, size, augment, seed, split_spec, geometry)
-        if self.info["depth"].get("teacher") != "scene":
-            raise DatasetError(f"{self.root}: on-the-fly composites need exact background depth (teacher 'scene'); "
-                               f"this dataset was labelled by {self.info['depth'].get('teacher')!r}")
+        room_depth(self.root, self.items[0].bg, self.size)  # fails here, naming the file, if rooms have no depth
         self.scale = tuple(self.info["params"]["scale"])
-        self._pyramids, self._inv = None, {}
+        self._pyramids, self._inv, self._floors = None, {}, False
 
     def read(self, c: Composite, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Composite ``c`` built afresh for the current epoch, written into ``out`` if given.
@@ -226,20 +227,29 @@ class OnTheFlyDataset(CompositeDataset):
         :meth:`CompositeDataset.read` does: ``fg_bg``, ``bg`` (S, S, 3) RGB 0-255, ``mask`` (S, S) alpha
         0-255 and ``depth`` (S, S) relative inverse depth 0-255 (255 = nearest).
         """
-        from .depth import normalise, paste_person_depth, scene_inverse_depth
-        from .overlay import composite, fit_box, pyramids_for
+        from .depth import normalise, paste_person_depth, room_depth
+        from .overlay import composite, dataset_floors, fit_box, plan_floor_placements, pyramids_for
 
         if self._pyramids is None:
             n_fg = int(self.info["counts"]["fg"])
             self._pyramids = pyramids_for([load_prepared(self.root, "fg", j) for j in range(n_fg)], self.size, self.scale)
+        if self._floors is False:
+            self._floors = dataset_floors(self.root, self.size)
         rng = np.random.default_rng([self.seed, self.epoch, c.bg, c.fg, c.flip, c.k])
         pyr = self._pyramids[c.fg]
-        w, h = fit_box(round(pyr.aspect * 1000), 1000, self.size, rng.uniform(*self.scale))
-        x, y = int(rng.integers(0, self.size - w + 1)), int(rng.integers(0, self.size - h + 1))
+        floor = self._floors[c.bg] if self._floors else None
+        planned = None
+        if floor is not None and floor.usable:
+            planned = plan_floor_placements(round(pyr.aspect * 1000), 1000, self.size, 1, self.scale, rng, floor)
+        if planned is not None:
+            x, y, w, h = (int(v) for v in planned[0][0])
+        else:
+            w, h = fit_box(round(pyr.aspect * 1000), 1000, self.size, rng.uniform(*self.scale))
+            x, y = int(rng.integers(0, self.size - w + 1)), int(rng.integers(0, self.size - h + 1))
         bg = self.background(c.bg)
         fg_bg, mask = composite(bg, pyr.placed(c.flip, w, h), x, y)
         if c.bg not in self._inv:
-            self._inv[c.bg] = scene_inverse_depth(self.root, c.bg, self.size)
+            self._inv[c.bg] = room_depth(self.root, c.bg, self.size)
         depth, _, _ = normalise(paste_person_depth(self._inv[c.bg], mask))
         found = {"fg_bg": fg_bg, "bg": bg, "mask": mask, "depth": depth}
         if out is None:

@@ -43,7 +43,7 @@ from .dataset import DATASET_JSON, LABELS_MEMBER, MANIFEST_CSV, load_prepared, m
 from .errors import DatasetError, TeacherUnavailable
 from .parallel import run_tasks
 from .sample import read_depth_mm
-from .storage import (MANIFEST_FIELDS, atomic_write_json, decode_image, encode_png, open_shard, read_json,
+from .storage import (MANIFEST_FIELDS, atomic_write_bytes, atomic_write_json, decode_image, encode_png, open_shard, read_json,
                       read_manifest, remove_stale_temporaries, rows_by_shard, write_manifest, write_shard)
 
 MODES = ("per-composite", "bg-plus-foreground")
@@ -70,6 +70,7 @@ TEACHERS = {
                                            "depth_anything", licence="Apache-2.0"),
     "dpt-hybrid-midas": TeacherSpec("dpt-hybrid-midas", "Intel/dpt-hybrid-midas", "dpt", (0.5, 0.5, 0.5),
                                     (0.5, 0.5, 0.5), multiple=32, licence="Apache-2.0 (MIT upstream)", fixed_input=384),
+    "mini": TeacherSpec("mini", None, "mini", multiple=32, licence="trained by this course on its sample world"),
     "scene": TeacherSpec("scene", None, "scene", licence="exact depth of the sample world"),
 }
 
@@ -134,11 +135,16 @@ class HFTeacher:
                  weights: str = "pretrained"):
         import torch
 
+        from .precision import amp_dtype
+
         self.spec, self.weights = spec, weights
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.input_size = spec.fixed_input or max(spec.multiple, int(round(input_size / spec.multiple)) * spec.multiple)
+        # Mixed precision by default on a GPU: bfloat16 where it has bfloat16 tensor cores, float16 on
+        # older ones (a T4); ``fp16`` False keeps float32, True forces the device's autocast type.
         self.fp16 = (self.device.type == "cuda") if fp16 is None else fp16
+        self.dtype = amp_dtype(self.device) if self.fp16 else torch.float32
         self.mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
         self.calls = 0
@@ -173,14 +179,14 @@ class HFTeacher:
     def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) RGB -> float32 (N, H, W) relative inverse depth (larger = nearer), model units.
 
-        Runs at the square ``input_size`` (fp16 autocast on CUDA by default), resizes bilinearly back
+        Runs at the square ``input_size`` (under autocast in ``self.dtype`` on a GPU), resizes bilinearly back
         to (H, W), and adds N to ``calls``.
         """
         import torch
         import torch.nn.functional as F
 
         h, w = images.shape[1:3]
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.fp16):
             out = self.model(pixel_values=self.preprocess(images)).predicted_depth
         out = F.interpolate(out[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
         self.calls += len(images)
@@ -198,9 +204,9 @@ def load_teacher(name: str, weights: str = "pretrained", path: str | Path | None
         path: a local folder holding the model (``config.json`` + weights).
         input_size: the square side the teacher sees (rounded to its patch multiple).
     """
-    if name not in TEACHERS or TEACHERS[name].family == "scene":
-        raise ValueError(f"unknown network teacher {name!r}; choose one of "
-                         f"{', '.join(k for k, v in TEACHERS.items() if v.family != 'scene')}")
+    if name not in TEACHERS or TEACHERS[name].hub_id is None:
+        raise ValueError(f"unknown transformers teacher {name!r}; choose one of "
+                         f"{', '.join(k for k, v in TEACHERS.items() if v.hub_id)}")
     spec = TEACHERS[name]
     try:
         import torch  # noqa: F401
@@ -245,6 +251,12 @@ def scene_inverse_depth(dataset: str | Path, bg: int, size: int) -> np.ndarray:
     return np.asarray(inv.resize((size, size), Image.BILINEAR, box=center_crop_box(*inv.size)), dtype=np.float32)
 
 
+def has_exact_depth(dataset: str | Path) -> bool:
+    """Whether the backgrounds of ``dataset`` come with the sample world's exact depth (``bg_depth/``)."""
+    info = read_json(Path(dataset) / DATASET_JSON)
+    return (Path(info["inputs"]["bg_dir"]).parent / "bg_depth").is_dir()
+
+
 class SceneTeacher:
     """The sample world's exact depth, behind the same interface as the network teachers.
 
@@ -267,12 +279,18 @@ class SceneTeacher:
 
 def make_teacher(name: str, weights: str = "pretrained", path: str | Path | None = None, device: str | None = None,
                  input_size: int = 518) -> "HFTeacher | SceneTeacher":
-    """The teacher called ``name``: :class:`SceneTeacher` for ``scene``, else :func:`load_teacher`."""
+    """The teacher called ``name``: :class:`SceneTeacher` for ``scene``, the shipped ``mini`` network
+    (:func:`mini_teacher.load_mini_teacher`, always at the 128 px it was trained at), else :func:`load_teacher`."""
     if name == SceneTeacher.name:
         return SceneTeacher()
     import torch
 
-    return load_teacher(name, weights, path, device or ("cuda" if torch.cuda.is_available() else "cpu"), input_size)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "mini":
+        from .mini_teacher import load_mini_teacher
+
+        return load_mini_teacher(weights, path, device)
+    return load_teacher(name, weights, path, device, input_size)
 
 
 # --------------------------------------------------------------------------- labelling rules
@@ -392,9 +410,12 @@ def _relabel_shard(job: ShardJob) -> int:
 def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plus-foreground",
                 batch_size: int = 32, device: str | None = None, weights: str = "pretrained",
                 teacher_path: str | Path | None = None, input_size: int = 518, overwrite: bool = False,
-                progress: bool = True, teacher_model: HFTeacher | None = None) -> LabelResult:
+                progress: bool = True, teacher_model: HFTeacher | None = None, profile: str | None = None
+                ) -> LabelResult:
     """Add ``depth/<id>.png`` to every shard of ``dataset`` and depth columns to the manifest.
 
+    ``weights="random"`` (the teacher's architecture, untrained: noise) must be asked for, and is
+    refused for ``profile="full"``, where it would label the assignment's dataset with noise.
     Each shard is rewritten atomically with its depth members and a ``depth/_labels.csv`` record;
     a re-run skips shards already labelled by the same teacher and mode, so a killed run resumes.
     """
@@ -405,6 +426,10 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
         raise ValueError(f"mode must be one of {', '.join(MODES)}")
     if teacher not in TEACHERS:
         raise ValueError(f"unknown teacher {teacher!r}; choose one of {', '.join(TEACHERS)}")
+    if weights == "random" and profile == "full" and teacher != SceneTeacher.name:
+        raise TeacherUnavailable(f"{dataset}: random teacher weights are refused on the full profile: they would "
+                                 "label the whole dataset with noise. Use pretrained weights (the default), or "
+                                 "--teacher mini offline")
     info = read_json(dataset / DATASET_JSON)
     rows = read_manifest(dataset / MANIFEST_CSV)
     size = info["params"]["size"]
@@ -435,6 +460,7 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
         for n in run_tasks(_relabel_shard, tasks, None if model is None or model.parallel else 1, ordered=False):
             bar.update(n)
     seconds = time.perf_counter() - t0
+    labelled_images = model.calls if model else 0  # before the room depths below
 
     # Gather the per-image ranges from every shard into the manifest, then mark dataset.json.
     ranges, teachers = {}, set()
@@ -455,6 +481,8 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
         r["depth_lo"], r["depth_hi"] = ranges.pop(r["id"])
     fields = [f for f in rows[0] if f not in ("depth_lo", "depth_hi")] if rows else MANIFEST_FIELDS
     write_manifest(dataset / MANIFEST_CSV, rows, fields + ["depth_lo", "depth_hi"])
+    if teacher != SceneTeacher.name:
+        store_room_depths(dataset, lambda: model or make_teacher(teacher, weights, teacher_path, device, input_size), size)
     visible = person_visibility(dataset, rows)
     info = read_json(dataset / DATASET_JSON)
     info["depth"] = {"teacher": teacher, "mode": mode, "weights": used_weights,
@@ -464,8 +492,48 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
                                  "raw = depth_lo + png/255 * (depth_hi - depth_lo), columns in manifest.csv",
                      "person_visible": {k: visible[k] for k in ("share", "checked", "margin")}}
     atomic_write_json(dataset / DATASET_JSON, info)
-    return LabelResult(teacher, mode, used_weights, len(rows), len(todo),
-                       (model.calls if model else 0), seconds)
+    return LabelResult(teacher, mode, used_weights, len(rows), len(todo), labelled_images, seconds)
+
+
+ROOM_DEPTH = "room_depth"  # DATASET/room_depth/<bg>.png: a network teacher's depth of each empty background
+
+
+def store_room_depths(dataset: Path, get_teacher, size: int) -> int:
+    """Write the teacher's inverse depth of every empty background that has none yet, as 16-bit PNG
+    normalised per room (``room_depth/<bg:03d>.png``): what on-the-fly composites (chapter 07) paste
+    people into. Normalising loses nothing they need, since the foot-point rule commutes with any
+    positive scale and shift. ``get_teacher()`` is called only if a room is missing. Returns how
+    many were written."""
+    info = read_json(dataset / DATASET_JSON)
+    folder = dataset / ROOM_DEPTH
+    folder.mkdir(exist_ok=True)
+    todo = [b for b in range(int(info["counts"]["bg"])) if not (folder / f"{b:03d}.png").exists()]
+    teacher = get_teacher() if todo else None
+    for i in range(0, len(todo), 16):
+        ids = todo[i:i + 16]
+        for b, raw in zip(ids, teacher.predict(np.stack([load_prepared(dataset, "bg", b) for b in ids]))):
+            lo, hi = float(raw.min()), float(raw.max())
+            scaled = (raw - lo) / (hi - lo) if hi > lo else np.zeros_like(raw)
+            buf = io.BytesIO()
+            Image.fromarray((scaled * 65535 + 0.5).astype(np.uint16)).save(buf, format="PNG")
+            atomic_write_bytes(folder / f"{b:03d}.png", buf.getvalue())
+    return len(todo)
+
+
+def room_depth(dataset: str | Path, bg: int, size: int) -> np.ndarray:
+    """Inverse depth of empty background ``bg``, float32 (size, size): exact for the sample world,
+    else the labelling teacher's stored map (:func:`store_room_depths`), 0-1."""
+    dataset = Path(dataset)
+    if read_json(dataset / DATASET_JSON).get("depth", {}).get("teacher") == SceneTeacher.name:
+        return scene_inverse_depth(dataset, bg, size)
+    path = dataset / ROOM_DEPTH / f"{bg:03d}.png"
+    if not path.exists():
+        raise DatasetError(f"{path}: no room depth stored; re-run label-depth on {dataset} (it stores one per background)")
+    im = Image.open(path)
+    arr = np.asarray(im, dtype=np.float32) / 65535
+    if arr.shape[0] != size:
+        arr = np.asarray(Image.fromarray(arr, "F").resize((size, size), Image.BILINEAR), dtype=np.float32)
+    return arr
 
 
 # --------------------------------------------------------------------------- do the labels show the person?

@@ -19,3 +19,7 @@ class DatasetError(DepthmaskError):
 
 class TeacherUnavailable(DepthmaskError):
     """A depth teacher's weights cannot be loaded (offline, wrong path, missing package)."""
+
+
+class WeightsUnavailable(DepthmaskError):
+    """Pretrained encoder weights cannot be fetched (offline, blocked download)."""

@@ -79,6 +79,28 @@ class Up(nn.Module):
         return self.block(torch.cat([x, skip], 1))
 
 
+def unet(down: nn.ModuleList, up: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    """The U-Net pass: ``down[0]`` on ``x``, then each further block after a 2x2 max-pool, keeping
+    every level's output as a skip; then each ``up`` block (:class:`Up`) from the deepest level back
+    to the first. Returns the features at ``x``'s resolution, (N, C of ``up[-1]``, H, W)."""
+    skips = []
+    for i, block in enumerate(down):
+        x = block(x if i == 0 else F.max_pool2d(x, 2))
+        skips.append(x)
+    for block, skip in zip(up, reversed(skips[:-1])):
+        x = block(x, skip)
+    return x
+
+
+def coordinates(like: torch.Tensor) -> torch.Tensor:
+    """Two channels, y then x, running from -1 to 1 across the frame: (N, 2, H, W) in ``like``'s dtype
+    and device, for a (N, C, H, W) ``like``. They tell a convolution where in the picture it is."""
+    n, _, h, w = like.shape
+    ys = torch.linspace(-1, 1, h, device=like.device, dtype=like.dtype).view(1, 1, h, 1).expand(n, 1, h, w)
+    xs = torch.linspace(-1, 1, w, device=like.device, dtype=like.dtype).view(1, 1, 1, w).expand(n, 1, h, w)
+    return torch.cat([ys, xs], 1)
+
+
 class Heads(nn.Module):
     """Two small heads on shared decoder features: mask logits and sigmoid depth.
 
@@ -161,10 +183,7 @@ class SmallUNet(nn.Module):
         a, b = self.norm(fg_bg, bg)
         parts = [a, b] + ([difference(fg_bg, bg)] if self.difference else [])
         if self.coords:  # where a pixel is in the frame: the floor is near at the bottom, far higher up
-            n, _, h, w = a.shape
-            ys = torch.linspace(-1, 1, h, device=a.device, dtype=a.dtype).view(1, 1, h, 1).expand(n, 1, h, w)
-            xs = torch.linspace(-1, 1, w, device=a.device, dtype=a.dtype).view(1, 1, 1, w).expand(n, 1, h, w)
-            parts += [ys, xs]
+            parts.append(coordinates(a))
         return torch.cat(parts, 1)
 
     def forward(self, fg_bg: torch.Tensor, bg: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -173,13 +192,7 @@ class SmallUNet(nn.Module):
         """
         full = self.stem_input(fg_bg, bg)
         x = F.pixel_unshuffle(full, self.unshuffle) if self.unshuffle > 1 else full
-        skips = []
-        for i, block in enumerate(self.down):
-            x = block(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
-        for up, skip in zip(self.up, reversed(skips[:-1])):
-            x = up(x, skip)
-        out = self.heads(x)
+        out = self.heads(unet(self.down, self.up, x))
         if self.refine is not None:
             out["mask"] = out["mask"] + self.refine(torch.cat([full, out["mask"]], 1))
         return out
@@ -216,7 +229,16 @@ class ResNetUNet(nn.Module):
         if encoder not in weights:
             raise ValueError(f"encoder must be one of {', '.join(weights)}")
         w = getattr(torchvision.models, weights[encoder]).IMAGENET1K_V1 if pretrained else None
-        net = getattr(torchvision.models, encoder)(weights=w)
+        try:
+            net = getattr(torchvision.models, encoder)(weights=w)
+        except Exception as exc:  # no network, a proxy, a truncated file: all end here, in one line
+            from .errors import WeightsUnavailable
+
+            raise WeightsUnavailable(
+                f"{w.url}: cannot fetch the ImageNet weights of {encoder} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); train from random weights instead "
+                "(pretrained = 'no' in chapter 10, or train --no-pretrained), or put that file into "
+                f"{torch.hub.get_dir()}/checkpoints/") from None
         self.norm = Normalise(stats)
         self.stem = nn.Sequential(six_channel_conv(net.conv1), net.bn1, net.relu)  # /2, 64
         self.pool = net.maxpool

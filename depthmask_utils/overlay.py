@@ -294,6 +294,21 @@ def find_floors(bg_dir: str | Path, sources: list[str], size: int, floor_dir: st
     return [load_floor(p, depth_dir / p.name if depth_dir.is_dir() else None, size) for p in paths]
 
 
+def dataset_floors(dataset: str | Path, size: int | None = None) -> list[Floor] | None:
+    """The floors a finished dataset was placed on, at ``size`` (default: its own), or None if it was
+    placed uniformly: its ``floor_estimate/`` masks, else the masks it was generated with."""
+    info = read_json(Path(dataset) / DATASET_JSON)
+    size = int(size or info["params"]["size"])
+    if info.get("placement", {}).get("mode") != "floor":
+        return None
+    estimated = Path(dataset) / "floor_estimate"
+    if estimated.is_dir():
+        return [Floor(np.asarray(Image.open(estimated / f"{b:03d}.png").resize((size, size), Image.NEAREST)) >= 128)
+                for b in range(int(info["counts"]["bg"]))]
+    return find_floors(info["inputs"]["bg_dir"], [b["file"] for b in info["inputs"]["bg"]], size,
+                       info["inputs"].get("floor_dir"))
+
+
 def placement_rng(seed: int, bg: int, fg: int, flip: int) -> np.random.Generator:
     """The generator for one (bg, fg, flip): independent streams, no reseeding collisions."""
     return np.random.default_rng([seed, bg, fg, flip])
@@ -498,10 +513,53 @@ class GenerateResult:
     n_fg: int
     skipped: list
     seconds: dict = field(default_factory=dict)
+    on_floor: int = 0  # composites whose person stands on a floor (the rest are placed uniformly)
+    floors: str = "none"  # where the floors came from: "given", "sample world", "estimated by <teacher>", "none"
+    warnings: list = field(default_factory=list)  # inputs that work but may not be what you meant
 
     def __repr__(self) -> str:  # what notebooks print: the same for a fresh and a resumed run
         return (f"GenerateResult({self.n_bg} bg x {self.n_fg} fg x 2 flips -> {self.composites} composites "
-                f"in {self.shards} shards, {len(self.skipped)} inputs skipped)")
+                f"in {self.shards} shards, {len(self.skipped)} inputs skipped; {self.on_floor} of {self.composites} "
+                f"on a floor (floors: {self.floors}))")
+
+
+def input_warnings(bgs, fgs, size: int) -> list[str]:
+    """What works but may not be what the student meant, one line per file: backgrounds smaller than
+    the composites (upscaled, so blurry) and foregrounds whose alpha hides almost nothing (a
+    rectangle pasted into the room, not a person)."""
+    out = [f"{f}: background is {w}x{h}, smaller than the {size}x{size} composites; it is upscaled (blurry)"
+           for f, (w, h) in zip(bgs.sources, bgs.original_sizes) if min(w, h) < size]
+    for f, rgba in zip(fgs.sources, fgs.images):
+        clear = float((rgba[..., 3] < 128).mean())
+        if clear < 0.02:
+            out.append(f"{f}: its alpha hides only {clear:.1%} of the cut-out: a rectangle will be pasted; "
+                       "cut the subject out (chapter 01)")
+    return out
+
+
+def no_alpha_error(fg_dir, fgs) -> InputError | None:
+    """The error for foregrounds that have no alpha and no plain backdrop to cut them from, if any."""
+    bad = [r for r in fgs.skipped if "plain backdrop" in r.reason]
+    if not bad:
+        return None
+    return InputError(f"{fg_dir}: {len(bad)} foreground(s) have no alpha channel and no plain backdrop to cut "
+                      f"them from: {', '.join(r.path for r in bad)}. Cut each subject out as in chapter 01 (GIMP: "
+                      "Layer > Transparency > Add Alpha Channel, fuzzy-select the background, Delete, export as "
+                      "PNG) or remove the file")
+
+
+def estimate_floors(bg_images: list[np.ndarray], teacher: str, device: str | None = None
+                    ) -> tuple[list[Floor], list[np.ndarray]]:
+    """Automatic floors for backgrounds without masks: ``teacher``'s inverse depth of each empty
+    background, then :func:`floor.estimate_floor`. Returns the floors (no metric depth: a teacher's
+    depth is relative, so people keep the plan's heights) and the teacher's maps."""
+    from .depth import make_teacher
+    from .floor import estimate_floor
+
+    model = make_teacher(teacher, device=device)
+    maps = [model.predict(np.stack(bg_images[i:i + 16])) for i in range(0, len(bg_images), 16)]
+    maps = [m for batch in maps for m in batch]
+    return [Floor(estimate_floor(m)) for m in maps], maps
 
 
 def _params_digest(params: dict) -> str:
@@ -511,13 +569,22 @@ def _params_digest(params: dict) -> str:
 def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int = 224, placements: int = 20,
              scale: tuple[float, float] = (0.35, 0.65), seed: int = 0, workers: int | None = None,
              jpeg_quality: int = 90, progress: bool = True, placement: str | None = None,
-             floor_dir: str | Path | None = None, jpeg_chroma: str = "444") -> GenerateResult:
+             floor_dir: str | Path | None = None, jpeg_chroma: str = "444", floor_teacher: str = "mini",
+             log=print) -> GenerateResult:
     """Build the dataset in ``out`` from the images in ``bg_dir`` and ``fg_dir``.
 
     ``jpeg_chroma``: ``"444"`` (colour at full resolution) or ``"420"`` (half; smaller files, but it
     blurs the person's colour into the background by a pixel, which is where the mask is read).
     ``placement``: ``"floor"`` (feet on the floor masks of ``floor_dir``, or of the sample world's
-    ``bg_floor/``), ``"uniform"`` (anywhere in the frame), or None: floor where masks exist.
+    ``bg_floor/``; without either, on floors estimated from ``floor_teacher``'s depth of each
+    background, :mod:`depthmask_utils.floor`, saved to ``out/floor_estimate/``), ``"uniform"``
+    (anywhere in the frame), or None: the same as ``"floor"``. How many composites stand on a
+    floor is printed (``log``) and recorded in ``dataset.json["placement"]``.
+
+    Inputs are checked first: a foreground without alpha (and no plain backdrop) stops with an error
+    naming the files; small backgrounds and alphas that hide almost nothing are warned about
+    (``log``, ``dataset.json["warnings"]``); unreadable files and duplicate backgrounds are skipped
+    and listed.
 
     Safe to interrupt: shards are written atomically and a re-run with the same parameters skips
     the finished ones, ending byte-identical to an uninterrupted run. ``manifest.csv`` and then
@@ -538,22 +605,38 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
     if not bgs.images:
         raise InputError(f"{bg_dir}: no usable backgrounds ({len(bgs.skipped)} skipped: "
                          + "; ".join(f"{s['file']}: {s['reason']}" for s in bgs.skipped) + ")")
+    error = no_alpha_error(fg_dir, fgs)
+    if error is not None:
+        raise error
     if not fgs.images:
         raise InputError(f"{fg_dir}: no usable foregrounds ({len(fgs.skipped)} skipped: "
                          + "; ".join(f"{r.path}: {r.reason}" for r in fgs.skipped) + ")")
+    warnings = input_warnings(bgs, fgs, size)
+    log(f"inputs: {len(bgs.images)} backgrounds, {len(fgs.images)} foregrounds"
+        + (f"; skipped {len(skipped)}: " + "; ".join(f"{s['file']} ({s['reason']})" for s in skipped) if skipped else ""))
+    for w in warnings:
+        log(f"warning: {w}")
 
     if placement not in (None, *PLACEMENTS):
         raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     floors = None if placement == "uniform" else find_floors(bg_dir, bgs.sources, size, floor_dir)
-    if placement == "floor" and floors is None:
-        raise InputError(f"{bg_dir}: placement 'floor' needs floor masks: pass floor_dir (--floor DIR) with a "
-                         "PNG mask per background, named like it, or use placement 'uniform'")
+    floor_source = "none" if floors is None else ("given" if floor_dir else "sample world")
+    estimated = None
+    if floors is None and placement != "uniform":
+        floor_source = f"estimated by {floor_teacher}"
+        estimated = out / "floor_estimate"
+        if estimated.is_dir() and len(list(estimated.glob("*.png"))) == len(bgs.images):  # a resumed run
+            floors = [Floor(np.asarray(Image.open(estimated / f"{i:03d}.png")) >= 128) for i in range(len(bgs.images))]
+        else:
+            floors, _ = estimate_floors(bgs.images, floor_teacher)
     placement = "floor" if floors is not None else "uniform"
     params = {"size": size, "placements": placements, "scale": list(scale), "seed": seed,
               "jpeg_quality": jpeg_quality, "jpeg_chroma": jpeg_chroma, "placement": placement, "plan_version": PLAN_VERSION,
               "png_deflate": GREY_PNG_DEFLATE,
               "bg_sources": bgs.sources,
               "fg_sources": fgs.sources}
+    if estimated is not None:
+        params["floors"] = floor_source
     lock = out / PARAMS_JSON
     todo = [bg for bg in range(len(bgs.images)) if not (out / "shards" / shard_name(bg)).exists()]
     kept = False  # a finished dataset left exactly as it is
@@ -577,6 +660,10 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
         for j, rgba in enumerate(fgs.images):
             atomic_write_bytes(prepared_path(out, "fg", j), encode_png(rgba))
             atomic_write_bytes(prepared_path(out, "fg_mask", j), encode_png(alpha_to_mask(rgba[..., 3])))
+        if estimated is not None:  # to look at, and what a resumed run reuses
+            estimated.mkdir(exist_ok=True)
+            for i, f in enumerate(floors):
+                atomic_write_bytes(estimated / f"{i:03d}.png", encode_png(f.mask.astype(np.uint8) * 255))
 
     fg_sizes = [(f.shape[1], f.shape[0]) for f in fgs.images]
     (out / "shards").mkdir(exist_ok=True)
@@ -600,13 +687,18 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
                 planned[bg] = bg_rows
                 bar.update(len(bg_rows))
     rows = [row for bg in range(len(bgs.images)) for row in planned[bg]]
+    on_floor = sum(r["placement"] == "floor" for r in rows)
+    uniform_bg = sorted({r["bg"] for r in rows if r["placement"] == "uniform"})
+    log(f"placements on a floor: {on_floor} of {len(rows)} (floors: {floor_source})"
+        + (f"; {len(uniform_bg)} backgrounds without a usable floor are placed uniformly: "
+           + ", ".join(bgs.sources[b] for b in uniform_bg[:8]) + (" ..." if len(uniform_bg) > 8 else "")
+           if uniform_bg and placement == "floor" else ""))
 
     result = GenerateResult(out, len(rows), len(bgs.images), len(todo), len(bgs.images), len(fgs.images), skipped,
-                            {"inputs": t1 - t0, "shards": time.perf_counter() - t1})
+                            {"inputs": t1 - t0, "shards": time.perf_counter() - t1}, on_floor, floor_source, warnings)
     if not todo and (out / DATASET_JSON).exists():
         return result  # already complete: leave later chapters' additions (depth columns) alone
     write_manifest(out / MANIFEST_CSV, rows, MANIFEST_FIELDS + PLACEMENT_FIELDS)
-    on_floor = sum(r["placement"] == "floor" for r in rows)
     info = {
         "format": FORMAT,
         "version": __version__,
@@ -616,16 +708,17 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
         "inputs": {
             "bg_dir": str(Path(bg_dir).resolve()),
             "fg_dir": str(Path(fg_dir).resolve()),
+            "floor_dir": str(Path(floor_dir).resolve()) if floor_dir else None,
             "bg": [{"id": i, "file": f, "original_size": list(s)}
                    for i, (f, s) in enumerate(zip(bgs.sources, bgs.original_sizes))],
             "fg": [{"id": j, "file": r.path, "method": r.method, "size": list(r.size)}
                    for j, r in enumerate([r for r in fgs.reports if r.usable])],
         },
         "skipped": skipped,
+        "warnings": warnings,
         # Backgrounds without enough visible floor are placed uniformly even in floor mode: said here.
-        "placement": {"mode": placement, "on_floor": on_floor, "uniform": len(rows) - on_floor,
-                      "uniform_bg": sorted({r["bg"] for r in rows if r["placement"] == "uniform"})
-                      if placement == "floor" else []},
+        "placement": {"mode": placement, "floors": floor_source, "on_floor": on_floor, "uniform": len(rows) - on_floor,
+                      "uniform_bg": uniform_bg if placement == "floor" else []},
         "members": {c: member_pattern(c) for c in ("fg_bg", "mask")},
     }
     old = out / DATASET_JSON

@@ -371,3 +371,18 @@ def read_manifest(path: str | Path) -> list[dict]:
     if missing:
         raise DatasetError(f"{path}: columns missing: {', '.join(missing)}")
     return rows
+
+
+def pack_folder(folder: str | Path, out: str | Path) -> dict:
+    """One zip of everything in ``folder`` (for handing a dataset in), written atomically.
+
+    Members are stored, not deflated: the composites are JPEG and the shards already zips, so
+    compression would cost minutes and save almost nothing. Returns ``{"path", "files", "bytes"}``.
+    """
+    folder, out = Path(folder), Path(out)
+    files = [f for f in sorted(folder.rglob("*")) if f.is_file() and ".tmp-" not in f.name  # no half-written file
+             and f.resolve() != out.resolve()]
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for f in files:
+            zf.write(f, f"{folder.name}/{f.relative_to(folder)}")
+    return {"path": out, "files": len(files), "bytes": out.stat().st_size}

@@ -39,6 +39,7 @@ from .errors import DepthmaskError
 from .losses import MultiTaskLoss
 from .metrics import all_metrics, iou, rmse
 from .models import build_model, count_parameters
+from .precision import amp_dtype, cpu_has_bf16  # noqa: F401  (part of train's interface)
 from .stats import load_stats
 from .storage import atomic_write_bytes, atomic_write_json
 
@@ -275,22 +276,6 @@ def model_file(model: torch.nn.Module, config: TrainConfig, stats: dict, size: i
 
 # --------------------------------------------------------------------------- the loop
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), so oneDNN's bfloat16
-    convolutions beat float32. Elsewhere they are emulated and slower, so training stays in float32."""
-    # torch.cpu's probes are private; a torch without them counts as a CPU without bfloat16
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
-def amp_dtype(device: torch.device) -> torch.dtype:
-    """The autocast dtype on ``device``: bfloat16 on a CPU and where the GPU has it (no loss scaling),
-    else float16."""
-    if device.type == "cpu":
-        return torch.bfloat16
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-
-
 def amp_enabled(device: torch.device, config: TrainConfig) -> bool:
     """Whether the forward pass runs under autocast: when ``config.amp``, on CUDA, and on a CPU with
     native bfloat16 (:func:`cpu_has_bf16`; about 1.35x faster training for the sample profile on one)."""
@@ -345,13 +330,27 @@ def train_step(net: torch.nn.Module, criterion: torch.nn.Module, opt: torch.opti
     return loss.detach(), parts
 
 
+def check_labels(info: dict, dataset: Path, allow_random_labels: bool = False) -> None:
+    """Refuse a dataset whose depth labels came from a teacher with random weights: they are noise,
+    and a model trained on them learns noise. ``allow_random_labels`` lets tests of the code path through."""
+    depth = info.get("depth", {})
+    if depth.get("weights") == "random" and not allow_random_labels:
+        raise RunError(f"{dataset}: its depth labels come from teacher {depth.get('teacher')!r} with RANDOM weights "
+                       "(noise, not depth); relabel with pretrained weights (label-depth --overwrite, or "
+                       "--teacher mini offline), or pass --allow-random-labels to train on them anyway")
+
+
 def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = None, progress: bool = True,
-          log=print) -> TrainResult:
-    """Train (or resume training) into the run folder ``run``; returns the history."""
+          log=print, allow_random_labels: bool = False) -> TrainResult:
+    """Train (or resume training) into the run folder ``run``; returns the history.
+
+    Refuses labels made by a randomly initialised teacher unless ``allow_random_labels``.
+    """
     from tqdm import tqdm
 
     config = config or TrainConfig()
     dataset, run = Path(dataset), Path(run)
+    check_labels(read_info(dataset, need_depth=True), dataset, allow_random_labels)
     rank, world, local_rank = _dist()
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() and config.device != "cpu" else "gloo")

@@ -55,6 +55,18 @@ def test_network_teachers_run_with_random_weights(name):
     assert teacher.calls == 2 and teacher.weights == "random"
 
 
+def test_teacher_autocasts_in_the_devices_type_and_float32_when_asked(monkeypatch):
+    import torch
+
+    from depthmask_utils import precision
+
+    seen = []
+    monkeypatch.setattr(precision, "amp_dtype", lambda device: seen.append(device) or torch.float16)
+    t = D.load_teacher("depth-anything-v2-small", "random", input_size=28, tiny=True, fp16=True)
+    assert t.dtype == torch.float16 and seen == [torch.device("cpu")]  # the shared rule decides, per device
+    assert D.load_teacher("depth-anything-v2-small", "random", input_size=28, tiny=True).dtype == torch.float32
+
+
 def test_full_size_architecture_parameter_count():
     teacher = D.load_teacher("depth-anything-v2-small", "random", input_size=56)
     n = sum(p.numel() for p in teacher.model.parameters())

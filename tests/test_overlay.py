@@ -239,14 +239,21 @@ def test_bad_inputs_are_listed_not_silently_dropped(world, tmp_path):
     (bg / "readme.png").write_text("not an image")
     Image.fromarray(np.zeros((30, 30, 4), np.uint8), "RGBA").save(fg / "ghost.png")
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 30, 3), np.uint8)).save(fg / "busy.jpg")
-    r = generate(bg, fg, tmp_path / "ds", size=48, placements=2, workers=2, progress=False)
+    # A photo of a person that was never cut out would be a silently smaller dataset: it stops generate.
+    cli = [sys.executable, "-m", "depthmask_utils", "generate", "--bg", str(bg), "--fg", str(fg), "--size", "48",
+           "--placements", "2"]
+    out = subprocess.run(cli + ["--out", str(tmp_path / "ds0")], capture_output=True, text=True)
+    assert out.returncode == 2 and "busy.jpg" in out.stderr and "chapter 01" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "ds0" / "dataset.json").exists()
+    (fg / "busy.jpg").unlink()
+    lines = []
+    r = generate(bg, fg, tmp_path / "ds", size=48, placements=2, workers=2, progress=False, log=lines.append)
     assert (r.n_bg, r.n_fg) == (3, 4) and r.composites == 3 * 4 * 2 * 2
     skipped = {s["file"]: s["reason"] for s in read_json(tmp_path / "ds" / "dataset.json")["skipped"]}
-    assert set(skipped) == {"broken.jpg", "readme.png", "ghost.png", "busy.jpg"}
-    assert "fully transparent" in skipped["ghost.png"] and "plain backdrop" in skipped["busy.jpg"]
-    out = subprocess.run([sys.executable, "-m", "depthmask_utils", "generate", "--bg", str(bg), "--fg", str(fg),
-                          "--out", str(tmp_path / "ds2"), "--size", "48", "--placements", "2"],
-                         capture_output=True, text=True)
+    assert set(skipped) == {"broken.jpg", "readme.png", "ghost.png"}
+    assert "fully transparent" in skipped["ghost.png"]
+    assert lines[0].startswith("inputs: 3 backgrounds, 4 foregrounds; skipped 3: ") and "ghost.png" in lines[0]
+    out = subprocess.run(cli + ["--out", str(tmp_path / "ds2")], capture_output=True, text=True)
     assert out.returncode == 0 and "skipped fg ghost.png: fully transparent" in out.stderr
 
 
@@ -337,9 +344,9 @@ def test_a_finished_dataset_made_with_other_values_is_not_reused_silently(datase
     root = dataset.parent / "root"
     (root / "tiny").mkdir(parents=True)
     dataset.rename(root / "tiny" / "dataset")
-    assert ensure_dataset(profile, root, bg_dir="unused", fg_dir="unused") == root / "tiny" / "dataset"
+    assert ensure_dataset(profile, root) == root / "tiny" / "dataset"
     with pytest.raises(DatasetError, match="jpeg_chroma '444' \\(profile 'tiny': '420'\\)"):
-        ensure_dataset(replace(profile, jpeg_chroma="420"), root, bg_dir="unused", fg_dir="unused")
+        ensure_dataset(replace(profile, jpeg_chroma="420"), root)
     # A folder from before the option (no jpeg_chroma in params.json) holds 4:2:0 composites.
     params = root / "tiny" / "dataset" / "params.json"
     params.write_text(json.dumps({k: v for k, v in json.loads(params.read_text()).items() if k != "jpeg_chroma"}))

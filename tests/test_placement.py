@@ -149,10 +149,14 @@ def test_sample_world_is_placed_on_its_floor_and_recorded(world, built):
 def test_placement_choices_and_bad_floor_folders(world, tmp_path):
     bg_only = tmp_path / "photos" / "bg"
     shutil.copytree(world / "bg", bg_only)  # no bg_floor beside it: like a folder of ordinary photos
-    r = overlay.generate(bg_only, world / "fg", tmp_path / "u", size=48, placements=2, workers=1, progress=False)
-    assert json.loads((r.out / "dataset.json").read_text())["placement"]["mode"] == "uniform"
-    with pytest.raises(InputError, match="needs floor masks"):
-        overlay.generate(bg_only, world / "fg", tmp_path / "f", size=48, placements=2, placement="floor", progress=False)
+    r = overlay.generate(bg_only, world / "fg", tmp_path / "u", size=48, placements=2, workers=1, progress=False,
+                         placement="uniform")
+    placed = json.loads((r.out / "dataset.json").read_text())["placement"]
+    assert (placed["mode"], placed["floors"], placed["on_floor"]) == ("uniform", "none", 0)
+    # Without masks, floor placement (the default) stands people on floors estimated from a teacher's depth.
+    r = overlay.generate(bg_only, world / "fg", tmp_path / "e", size=48, placements=2, workers=1, progress=False)
+    placed = json.loads((r.out / "dataset.json").read_text())["placement"]
+    assert (placed["mode"], placed["floors"]) == ("floor", "estimated by mini") and placed["on_floor"] == r.on_floor
     with pytest.raises(InputError, match="floor mask folder not found"):
         overlay.generate(bg_only, world / "fg", tmp_path / "f", size=48, placements=2, floor_dir=tmp_path / "nope",
                          progress=False)

@@ -111,6 +111,24 @@ def test_mixed_precision_where_the_hardware_computes_it_and_only_when_asked(monk
     assert not make_scaler(cpu, TrainConfig(amp=True)).is_enabled()  # bfloat16 needs no loss scaling
 
 
+@pytest.mark.parametrize("capability, dtype, scaled", [((7, 5), torch.float16, True),  # Colab's T4
+                                                        ((7, 0), torch.float16, True),  # V100
+                                                        ((8, 0), torch.bfloat16, False),  # A100
+                                                        ((9, 0), torch.bfloat16, False)])  # H100
+def test_gpus_below_compute_capability_8_train_in_float16_with_loss_scaling(monkeypatch, capability, dtype, scaled):
+    # A T4 reports bfloat16 "supported" by emulation (torch.cuda.is_bf16_supported() is True there):
+    # the rule must follow the tensor cores, i.e. the compute capability.
+    from depthmask_utils import precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    gpu = torch.device("cuda", 0)
+    assert precision.amp_dtype(gpu) == T.amp_dtype(gpu) == dtype
+    assert amp_enabled(gpu, TrainConfig(amp=True))
+    assert (T.amp_dtype(gpu) == torch.float16 and amp_enabled(gpu, TrainConfig())) == scaled  # make_scaler's rule
+    assert precision.describe(gpu, True) == f"forward pass in {dtype} on cuda:0"
+
+
 @pytest.mark.parametrize("bf16", [False, True])
 def test_train_step_fits_a_toy_batch_in_float32_and_in_bfloat16(monkeypatch, bf16, toy_scene):
     # bfloat16 keeps 8 bits of mantissa: the forward pass in it must still fit, with float32 weights and loss
