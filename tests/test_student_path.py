@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -64,10 +65,15 @@ def test_colab_install_cell_for_real_clone_install_and_first_cells(tmp_path):
     (fake / "google" / "__init__.py").write_text("")
     (fake / "google" / "colab" / "__init__.py").write_text("")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    # The venv's own bundled setuptools would shadow this machine's newer one, which torch requires.
+    # What Colab ships (torch, transformers, ...) is this environment's: the new venv sees its packages
+    # through a .pth file, and its own bundled setuptools, older than the one torch requires, goes.
     subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", "setuptools"], check=True)
+    inner = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(inner) / "_colab_preinstalled.pth").write_text("\n".join(sorted(outer)) + "\n")
     nb = json.loads((ROOT / "notebooks" / "04_depth_labels.ipynb").read_text())
     cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"][:3]  # parameters, install, imports
     script = textwrap.dedent(f"""
