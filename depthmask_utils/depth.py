@@ -317,11 +317,12 @@ def paste_person_depth(bg_inv: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return bg_inv * (1 - a) + bg_inv[fp[1], fp[0]] * a
 
 
-def normalise(raw: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Per-image normalisation to uint8: returns (png array (H, W), lo, hi) with 255 = nearest."""
+def normalise(raw: np.ndarray, top: int = 255) -> tuple[np.ndarray, float, float]:
+    """Per-image normalisation to uint8 (``top`` 255) or uint16 (``top`` 65535): returns (png array
+    (H, W), lo, hi) with ``top`` = nearest."""
     lo, hi = float(raw.min()), float(raw.max())
     scaled = (raw - lo) / (hi - lo) if hi > lo else np.zeros_like(raw)
-    return np.clip(scaled * 255.0 + 0.5, 0, 255).astype(np.uint8), lo, hi
+    return np.clip(scaled * top + 0.5, 0, top).astype(np.uint8 if top == 255 else np.uint16), lo, hi
 
 
 def denormalise(png: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -436,21 +437,23 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
     by_shard = rows_by_shard(rows)
 
     remove_stale_temporaries(dataset / "shards")
+    want_weights = teacher_model.weights if teacher_model else ("exact" if teacher == SceneTeacher.name else weights)
     todo = []
     for shard, srows in by_shard.items():
         with open_shard(dataset / shard) as zf:
             done = _read_labels_member(zf)
         if done and not overwrite:
-            if (done["teacher"], done["mode"]) != (teacher, mode):
-                raise DatasetError(f"{dataset / shard}: already labelled by {done['teacher']} ({done['mode']}); "
-                                   "pass --overwrite to relabel with another teacher")
+            done_weights = done["rows"][0].get("weights", "") if done["rows"] else ""
+            if (done["teacher"], done["mode"]) != (teacher, mode) or done_weights not in ("", want_weights):
+                raise DatasetError(f"{dataset / shard}: already labelled by {done['teacher']} ({done['mode']}, "
+                                   f"weights: {done_weights or 'unrecorded'}); pass --overwrite to relabel with "
+                                   f"{teacher} ({mode}, weights: {want_weights})")
             continue
         todo.append(shard)
 
     model = None  # loaded only if there is work: a finished dataset needs no download
     if todo:
         model = teacher_model or make_teacher(teacher, weights, teacher_path, device, input_size)
-    used_weights = model.weights if model else ("exact" if teacher == SceneTeacher.name else weights)
     tasks = [ShardJob(dataset, shard, by_shard[shard], model, mode, size, batch_size) for shard in todo]
     t0 = time.perf_counter()
     with tqdm(total=len(rows), initial=len(rows) - sum(len(by_shard[s]) for s in todo), unit="img",
@@ -474,6 +477,9 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
     if len(teachers) > 1:
         raise DatasetError(f"{dataset}: shards labelled by different teachers/modes {sorted(teachers)}; "
                            "re-run with --overwrite")
+    # What the shards say, not what this call asked for: a resumed run must not relabel noise as pretrained.
+    used_weights = next(iter(teachers))[2] if teachers else ""
+    used_weights = used_weights or (model.weights if model else want_weights)
     missing = [r["id"] for r in rows if r["id"] not in ranges]
     if missing:
         raise DatasetError(f"{dataset}: {len(missing)} composites have no depth label, e.g. {missing[0]}")
@@ -482,7 +488,9 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
     fields = [f for f in rows[0] if f not in ("depth_lo", "depth_hi")] if rows else MANIFEST_FIELDS
     write_manifest(dataset / MANIFEST_CSV, rows, fields + ["depth_lo", "depth_hi"])
     if teacher != SceneTeacher.name:
-        store_room_depths(dataset, lambda: model or make_teacher(teacher, weights, teacher_path, device, input_size), size)
+        store_room_depths(dataset, lambda: teacher_model or model or make_teacher(teacher, weights, teacher_path, device,
+                                                                                  input_size),
+                          size, {"teacher": teacher, "weights": used_weights})
     visible = person_visibility(dataset, rows)
     info = read_json(dataset / DATASET_JSON)
     info["depth"] = {"teacher": teacher, "mode": mode, "weights": used_weights,
@@ -498,24 +506,30 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
 ROOM_DEPTH = "room_depth"  # DATASET/room_depth/<bg>.png: a network teacher's depth of each empty background
 
 
-def store_room_depths(dataset: Path, get_teacher, size: int) -> int:
+def store_room_depths(dataset: Path, get_teacher, size: int, made_by: dict) -> int:
     """Write the teacher's inverse depth of every empty background that has none yet, as 16-bit PNG
     normalised per room (``room_depth/<bg:03d>.png``): what on-the-fly composites (chapter 07) paste
     people into. Normalising loses nothing they need, since the foot-point rule commutes with any
-    positive scale and shift. ``get_teacher()`` is called only if a room is missing. Returns how
-    many were written."""
+    positive scale and shift. ``get_teacher()`` is called only if a room is missing. ``made_by``
+    (teacher and weights) is recorded in ``room_depth/teacher.json``; maps made by another teacher are
+    replaced, never mixed in. Returns how many were written."""
+    import shutil
+
     info = read_json(dataset / DATASET_JSON)
     folder = dataset / ROOM_DEPTH
+    record = folder / "teacher.json"
+    if folder.is_dir() and (not record.exists() or read_json(record) != made_by):
+        shutil.rmtree(folder)  # another teacher's rooms: stale for these labels
     folder.mkdir(exist_ok=True)
+    if not record.exists():
+        atomic_write_json(record, made_by)
     todo = [b for b in range(int(info["counts"]["bg"])) if not (folder / f"{b:03d}.png").exists()]
     teacher = get_teacher() if todo else None
     for i in range(0, len(todo), 16):
         ids = todo[i:i + 16]
         for b, raw in zip(ids, teacher.predict(np.stack([load_prepared(dataset, "bg", b) for b in ids]))):
-            lo, hi = float(raw.min()), float(raw.max())
-            scaled = (raw - lo) / (hi - lo) if hi > lo else np.zeros_like(raw)
             buf = io.BytesIO()
-            Image.fromarray((scaled * 65535 + 0.5).astype(np.uint16)).save(buf, format="PNG")
+            Image.fromarray(normalise(raw, 65535)[0]).save(buf, format="PNG")
             atomic_write_bytes(folder / f"{b:03d}.png", buf.getvalue())
     return len(todo)
 

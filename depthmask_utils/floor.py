@@ -97,9 +97,26 @@ def floor_iou(pred: np.ndarray, true: np.ndarray) -> float:
     return float((pred & true).sum() / union) if union else 1.0
 
 
-def save_floor(mask: np.ndarray, path: str | Path) -> None:
-    """A floor mask as the PNG ``--floor`` reads: 255 = floor, 0 = not."""
+FOLDER = "floor_estimate"  # DATASET/floor_estimate/<bg:03d>.png: the floors generate estimated
+
+
+def save_floors(masks: list[np.ndarray], dataset: str | Path) -> None:
+    """Estimated floor masks as PNGs ``floor_estimate/<bg:03d>.png`` (255 = floor), each atomically:
+    to look at, and what a resumed ``generate`` or on-the-fly composites read back."""
+    from .storage import atomic_write_bytes, encode_png
+
+    folder = Path(dataset) / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, m in enumerate(masks):
+        atomic_write_bytes(folder / f"{i:03d}.png", encode_png(m.astype(np.uint8) * 255))
+
+
+def load_floors(dataset: str | Path, n: int, size: int | None = None) -> list[np.ndarray] | None:
+    """The ``n`` masks :func:`save_floors` wrote, bool (size, size) (nearest resize), or None if any is missing."""
     from PIL import Image
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask.astype(np.uint8) * 255, "L").save(path)
+    paths = [Path(dataset) / FOLDER / f"{i:03d}.png" for i in range(n)]
+    if not all(p.exists() for p in paths):
+        return None
+    ims = [Image.open(p) for p in paths]
+    return [np.asarray(im if size is None else im.resize((size, size), Image.NEAREST)) >= 128 for im in ims]

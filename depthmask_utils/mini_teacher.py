@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .errors import TeacherUnavailable
 from .models import IMAGENET_MEAN, IMAGENET_STD, Up, conv_block, coordinates, unet
+from .storage import atomic_path
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "mini_teacher.pt"
 INPUT_SIZE = 128  # the side it was trained at; any multiple of 32 runs
@@ -115,8 +116,12 @@ def load_mini_teacher(weights: str = "pretrained", path: str | Path | None = Non
         if not source.exists():
             raise TeacherUnavailable(f"{source}: the mini teacher's weights are missing; they ship with the "
                                      "package (reinstall it) or are made by `python -m depthmask_utils.mini_teacher train`")
-        state = torch.load(source, map_location="cpu", weights_only=True)
-        model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+        try:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+            model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+        except Exception as exc:  # truncated, another architecture, not a checkpoint at all
+            raise TeacherUnavailable(f"{source}: not the mini teacher's weights ({type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
     elif weights == "random":
         torch.manual_seed(0)
     else:
@@ -175,10 +180,10 @@ def teacher_error(dataset: str | Path, teacher, n: int = 256, seed: int = 0, bat
 def _room_depths(dataset: Path, size: int) -> np.ndarray:
     """Exact inverse depth of every prepared background, normalised per room: uint8 (n_bg, S, S)."""
     from .dataset import read_info
-    from .depth import normalise, scene_inverse_depth
+    from .depth import normalise, room_depth
 
     n_bg = int(read_info(dataset)["counts"]["bg"])
-    return np.stack([normalise(scene_inverse_depth(dataset, b, size))[0] for b in range(n_bg)])
+    return np.stack([normalise(room_depth(dataset, b, size))[0] for b in range(n_bg)])
 
 
 def train_mini_teacher(dataset: str | Path, out: str | Path, minutes: float = 20.0, batch_size: int = 16,
@@ -252,11 +257,11 @@ def train_mini_teacher(dataset: str | Path, out: str | Path, minutes: float = 20
         losses.append(step(next(it), sched))
         if (s + 1) % max(1, total // 10) == 0:
             log(f"  step {s + 1}/{total}: loss {np.mean(losses[-50:]):.4f} ({(time.perf_counter() - t0) / 60:.1f} min)")
-    out.parent.mkdir(parents=True, exist_ok=True)
     summary = {"steps": total + 20, "batch_size": batch_size, "lr": lr, "room_share": room_share, "seed": seed,
                "minutes": round((time.perf_counter() - t0) / 60, 2), "final_loss": float(np.mean(losses[-100:])),
                "trained_on": str(dataset), "input_size": INPUT_SIZE}
-    torch.save({"model": {k: v.half() for k, v in net.state_dict().items()}, "arch": ARCH, "summary": summary}, out)
+    with atomic_path(out) as tmp:  # the shipped file is replaced whole or not at all
+        torch.save({"model": {k: v.half() for k, v in net.state_dict().items()}, "arch": ARCH, "summary": summary}, tmp)
     return summary
 
 

@@ -297,16 +297,23 @@ def find_floors(bg_dir: str | Path, sources: list[str], size: int, floor_dir: st
 def dataset_floors(dataset: str | Path, size: int | None = None) -> list[Floor] | None:
     """The floors a finished dataset was placed on, at ``size`` (default: its own), or None if it was
     placed uniformly: its ``floor_estimate/`` masks, else the masks it was generated with."""
+    from .floor import load_floors
+
     info = read_json(Path(dataset) / DATASET_JSON)
     size = int(size or info["params"]["size"])
-    if info.get("placement", {}).get("mode") != "floor":
+    placed = info.get("placement", {})
+    if placed.get("mode") != "floor":
         return None
-    estimated = Path(dataset) / "floor_estimate"
-    if estimated.is_dir():
-        return [Floor(np.asarray(Image.open(estimated / f"{b:03d}.png").resize((size, size), Image.NEAREST)) >= 128)
-                for b in range(int(info["counts"]["bg"]))]
-    return find_floors(info["inputs"]["bg_dir"], [b["file"] for b in info["inputs"]["bg"]], size,
-                       info["inputs"].get("floor_dir"))
+    if placed.get("floors", "").startswith("estimated"):
+        masks = load_floors(dataset, int(info["counts"]["bg"]), size)
+        found = None if masks is None else [Floor(m) for m in masks]
+    else:
+        found = find_floors(info["inputs"]["bg_dir"], [b["file"] for b in info["inputs"]["bg"]], size,
+                            info["inputs"].get("floor_dir"))
+    if found is None:
+        raise DatasetError(f"{dataset}: was placed on floors ({placed.get('floors', 'floor masks')}), but their masks "
+                           f"are gone from {info['inputs'].get('floor_dir') or info['inputs']['bg_dir']} (moved?)")
+    return found
 
 
 def placement_rng(seed: int, bg: int, fg: int, flip: int) -> np.random.Generator:
@@ -621,21 +628,16 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
         raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     floors = None if placement == "uniform" else find_floors(bg_dir, bgs.sources, size, floor_dir)
     floor_source = "none" if floors is None else ("given" if floor_dir else "sample world")
-    estimated = None
-    if floors is None and placement != "uniform":
+    estimate = floors is None and placement != "uniform"  # done after the parameter check below: it runs a teacher
+    if estimate:
         floor_source = f"estimated by {floor_teacher}"
-        estimated = out / "floor_estimate"
-        if estimated.is_dir() and len(list(estimated.glob("*.png"))) == len(bgs.images):  # a resumed run
-            floors = [Floor(np.asarray(Image.open(estimated / f"{i:03d}.png")) >= 128) for i in range(len(bgs.images))]
-        else:
-            floors, _ = estimate_floors(bgs.images, floor_teacher)
-    placement = "floor" if floors is not None else "uniform"
+    placement = "floor" if floors is not None or estimate else "uniform"
     params = {"size": size, "placements": placements, "scale": list(scale), "seed": seed,
               "jpeg_quality": jpeg_quality, "jpeg_chroma": jpeg_chroma, "placement": placement, "plan_version": PLAN_VERSION,
               "png_deflate": GREY_PNG_DEFLATE,
               "bg_sources": bgs.sources,
               "fg_sources": fgs.sources}
-    if estimated is not None:
+    if estimate:
         params["floors"] = floor_source
     lock = out / PARAMS_JSON
     todo = [bg for bg in range(len(bgs.images)) if not (out / "shards" / shard_name(bg)).exists()]
@@ -650,7 +652,14 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
         if not kept:
             differs = ", ".join(k for k in sorted(set(old) | set(params)) if old.get(k) != params.get(k))
             raise DatasetError(f"{out}: holds a dataset made with other parameters or inputs (differs in: {differs}; "
-                               f"see {lock.name}); choose a new folder or delete this one")
+                               f"see {lock.name}); choose a new folder or delete this one"
+                               + ("; a folder made before floors were estimated takes --placement uniform"
+                                  if "floors" in differs else ""))
+    if estimate:  # a resumed run reads back the masks it estimated
+        from .floor import load_floors
+
+        masks = load_floors(out, len(bgs.images))
+        floors = [Floor(m) for m in masks] if masks is not None else estimate_floors(bgs.images, floor_teacher)[0]
     out.mkdir(parents=True, exist_ok=True)
     if not kept:
         atomic_write_json(lock, params)
@@ -660,10 +669,10 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
         for j, rgba in enumerate(fgs.images):
             atomic_write_bytes(prepared_path(out, "fg", j), encode_png(rgba))
             atomic_write_bytes(prepared_path(out, "fg_mask", j), encode_png(alpha_to_mask(rgba[..., 3])))
-        if estimated is not None:  # to look at, and what a resumed run reuses
-            estimated.mkdir(exist_ok=True)
-            for i, f in enumerate(floors):
-                atomic_write_bytes(estimated / f"{i:03d}.png", encode_png(f.mask.astype(np.uint8) * 255))
+        if estimate:  # to look at, and what a resumed run reuses
+            from .floor import save_floors
+
+            save_floors([f.mask for f in floors], out)
 
     fg_sizes = [(f.shape[1], f.shape[0]) for f in fgs.images]
     (out / "shards").mkdir(exist_ok=True)

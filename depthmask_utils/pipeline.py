@@ -39,7 +39,7 @@ def ensure_dataset(profile: Profile, root: str | Path = "../data", bg_dir=None, 
 
     paths = data_paths(profile, root)
     if (paths["dataset"] / DATASET_JSON).exists():
-        check_dataset_matches(profile, paths["dataset"], bg_dir, fg_dir)
+        check_dataset_matches(profile, paths["dataset"], bg_dir, fg_dir, floor_dir)
         return paths["dataset"]
     if bg_dir is None or fg_dir is None:
         world = ensure_world(profile, root)
@@ -51,9 +51,9 @@ def ensure_dataset(profile: Profile, root: str | Path = "../data", bg_dir=None, 
     return paths["dataset"]
 
 
-def check_dataset_matches(profile: Profile, dataset: str | Path, bg_dir=None, fg_dir=None) -> None:
+def check_dataset_matches(profile: Profile, dataset: str | Path, bg_dir=None, fg_dir=None, floor_dir=None) -> None:
     """Raise DatasetError if the finished ``dataset`` was generated with other values than ``profile``'s,
-    or from other folders than ``bg_dir``/``fg_dir`` (where given).
+    or from other folders than ``bg_dir``/``fg_dir``/``floor_dir`` (where given).
 
     A finished dataset is reused without regenerating it, so a folder left by an older version of the
     course (4:2:0 composites, say), or the sample world's dataset when you pass your own photos,
@@ -63,8 +63,8 @@ def check_dataset_matches(profile: Profile, dataset: str | Path, bg_dir=None, fg
     from .storage import read_json
 
     inputs = read_json(Path(dataset) / DATASET_JSON)["inputs"]
-    for kind, given in (("bg", bg_dir), ("fg", fg_dir)):
-        if given is not None and Path(inputs[f"{kind}_dir"]) != Path(given).resolve():
+    for kind, given in (("bg", bg_dir), ("fg", fg_dir), ("floor", floor_dir)):
+        if given is not None and Path(inputs.get(f"{kind}_dir") or "-") != Path(given).resolve():
             raise DatasetError(f"{dataset}: was made from {inputs[f'{kind}_dir']}, not from {Path(given).resolve()}; "
                                "use a fresh data_root for your own photos (or delete the folder to rebuild it)")
     made = read_params(dataset)
@@ -134,9 +134,11 @@ def ensure_labelled_world(folder: str | Path, seed: int, n_bg: int = 400, n_fg: 
     return dataset
 
 
-def _listing(folder: Path) -> dict[str, int]:
-    """Relative path -> size of every file under ``folder``: what a copy must reproduce."""
-    return {str(f.relative_to(folder)): f.stat().st_size for f in sorted(folder.rglob("*")) if f.is_file()}
+def _listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """Relative path -> (size, modification time in ns) of every file under ``folder``: what a copy
+    must reproduce (``copytree`` keeps modification times, so a rewritten file shows)."""
+    return {str(f.relative_to(folder)): (f.stat().st_size, f.stat().st_mtime_ns)
+            for f in sorted(folder.rglob("*")) if f.is_file()}
 
 
 def stage_locally(dataset: str | Path, local_root: str | Path, log=print) -> Path:
@@ -163,7 +165,8 @@ def stage_locally(dataset: str | Path, local_root: str | Path, log=print) -> Pat
     shutil.copytree(dataset, partial)
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
-    log(f"copied {dataset} to {target}: {sum(want.values()) / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s "
+    log(f"copied {dataset} to {target}: {sum(size for size, _ in want.values()) / 1e6:.0f} MB in "
+        f"{time.perf_counter() - t0:.1f} s "
         "(once; later runs reuse it)")
     return target
 

@@ -380,6 +380,7 @@ def pack_folder(folder: str | Path, out: str | Path) -> dict:
     compression would cost minutes and save almost nothing. Returns ``{"path", "files", "bytes"}``.
     """
     folder, out = Path(folder), Path(out)
+    read_json(folder / "dataset.json")  # a finished dataset only: a typo or an unfinished folder stops here
     files = [f for f in sorted(folder.rglob("*")) if f.is_file() and ".tmp-" not in f.name  # no half-written file
              and f.resolve() != out.resolve()]
     with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:

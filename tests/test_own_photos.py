@@ -92,6 +92,12 @@ def test_on_the_fly_composites_work_with_a_network_teachers_room_depth(own_datas
     ds = data.OnTheFlyDataset(out, items)
     a, b = ds[(0, [0, 1])], ds[(1, [0, 1])]
     assert a["depth"].dtype == torch.uint8 and not torch.equal(a["mask"], b["mask"])
+    from depthmask_utils.depth import foot_point
+
+    floors = dataset_floors(out)
+    for i, c in enumerate(ds.items[:2]):  # the feet stand on the estimated floor, as in chapter 03
+        fx, fy = foot_point(a["mask"][i, 0].numpy())
+        assert floors[c.bg].mask[fy, fx] or not floors[c.bg].usable
     broken = tmp_path / "ds"
     shutil.copytree(out, broken)
     shutil.rmtree(broken / "room_depth")
@@ -175,5 +181,57 @@ def test_own_folders_never_reuse_the_sample_worlds_dataset(own_photos, tmp_path)
     built = pipeline.ensure_dataset(smoke, root, log=lambda s: None)
     with pytest.raises(DatasetError, match="use a fresh data_root"):
         pipeline.ensure_dataset(smoke, root, bg_dir=own_photos / "bg", fg_dir=own_photos / "fg")
-    assert pipeline.labelling_teacher(smoke, built)[0] == "mini"
-    assert pipeline.labelling_teacher(config.get_profile("sample"), built)[0] == "scene"
+    assert pipeline.labelling_teacher(config.get_profile("sample"), built)[0] == "scene"  # the sample world: exact
+
+
+def test_the_sample_profile_labels_own_photos_with_its_network_teacher(own_dataset):
+    teacher, why = pipeline.labelling_teacher(config.get_profile("sample"), own_dataset[0])
+    assert teacher == "mini" and "no exact depth" in why
+
+
+def test_a_resumed_labelling_keeps_the_weights_its_shards_were_labelled_with(dataset):
+    from depthmask_utils.stats import dataset_stats
+
+    label_depth(dataset, "mini", weights="random", progress=False, device="cpu")
+    info = read_json(dataset / "dataset.json")
+    del info["depth"]  # killed after the shards were written, before dataset.json
+    from depthmask_utils.storage import atomic_write_json
+
+    atomic_write_json(dataset / "dataset.json", info)
+    # Resumed with pretrained weights asked for and nothing left to label: the shards hold noise, so it
+    # stops instead of recording "pretrained"; resumed as it was made, it records what the shards hold.
+    with pytest.raises(DatasetError, match=r"weights: random\); pass --overwrite to relabel with mini"):
+        label_depth(dataset, "mini", progress=False, device="cpu")
+    label_depth(dataset, "mini", weights="random", progress=False, device="cpu")
+    assert read_json(dataset / "dataset.json")["depth"]["weights"] == "random"
+    assert read_json(dataset / "room_depth" / "teacher.json") == {"teacher": "mini", "weights": "random"}
+    dataset_stats(dataset, workers=1, progress=False)
+    with pytest.raises(RunError, match="RANDOM weights"):
+        train(dataset, dataset.parent / "run", TrainConfig(epochs=1, sizes=(32,), batch_size=4, workers=0),
+              progress=False)
+    # A shard left unlabelled beside shards labelled with random weights: resuming with pretrained ones
+    # would mix noise and depth, so it stops and names both.
+    from depthmask_utils.storage import open_shard, write_shard
+
+    shard = sorted((dataset / "shards").iterdir())[0]
+    with open_shard(shard) as zf:
+        keep = [(n, zf.read(n)) for n in zf.namelist() if not n.startswith("depth/")]
+    write_shard(shard, keep)
+    with pytest.raises(DatasetError, match=r"weights: random\); pass --overwrite to relabel with mini"):
+        label_depth(dataset, "mini", progress=False, device="cpu")
+    label_depth(dataset, "mini", progress=False, device="cpu", overwrite=True)
+    assert read_json(dataset / "dataset.json")["depth"]["weights"] == "pretrained"
+    assert read_json(dataset / "room_depth" / "teacher.json")["weights"] == "pretrained"  # stale rooms replaced
+
+
+def test_pack_refuses_an_unfinished_folder_and_zips_a_finished_one(built, tmp_path):
+    from depthmask_utils.storage import pack_folder
+
+    with pytest.raises(DatasetError):
+        pack_folder(tmp_path / "no_such_dataset", tmp_path / "x.zip")
+    assert not (tmp_path / "x.zip").exists()
+    r = pack_folder(built, tmp_path / "ds.zip")
+    import zipfile
+
+    with zipfile.ZipFile(r["path"]) as zf:
+        assert f"{built.name}/dataset.json" in zf.namelist() and len(zf.namelist()) == r["files"]
