@@ -25,13 +25,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
+from . import distributed
 from .data import (GEOMETRIES, CompositeDataset, EpochBatchSampler, OnTheFlyDataset, augment_batch, make_loader,
                    to_inputs)
 from .dataset import Split, make_split, read_info
@@ -149,11 +149,6 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device(device)
 
 
-def _dist() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment (0, 1, 0 without it)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
 def save_checkpoint(path: Path, state: dict) -> None:
     """``torch.save`` to a temporary name, then rename: a killed run never leaves half a file."""
     buf = io.BytesIO()
@@ -188,12 +183,22 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _prepare_run(run: Path, dataset: Path, config: TrainConfig, split: Split) -> None:
-    """Create the run folder, or check that an existing one was made by the same configuration."""
-    wanted = {"format": RUN_FORMAT, "dataset": str(dataset.resolve()), "config": config.identity()}
+def _prepare_run(run: Path, dataset: Path, config: TrainConfig, split: Split, world: int = 1,
+                 precision: str = "torch.float32") -> None:
+    """Create the run folder, or check that an existing one was made by the same configuration.
+
+    ``config.json`` records the number of processes (``world_size``) and the forward pass's
+    precision. A resume with another number of processes is refused: each process's share of an
+    epoch, the schedule's length and the position in the epoch all depend on it.
+    """
+    wanted = {"format": RUN_FORMAT, "dataset": str(dataset.resolve()), "config": config.identity(), "world_size": world,
+              "precision": precision}
     path = run / "config.json"
     if path.exists():
         have = json.loads(path.read_text())
+        if have.get("world_size", 1) != world:
+            raise RunError(f"{run}: was trained with {have.get('world_size', 1)} process(es), not {world}; resume it "
+                           f"with torchrun --nproc-per-node={have.get('world_size', 1)} (or train into a new --out folder)")
         # a key added to TrainConfig after the run was made takes its default: old runs still resume
         have["config"] = {**TrainConfig().identity(), **have.get("config", {})}
         diff = sorted(k for k in set(have["config"]) | set(wanted["config"])
@@ -249,6 +254,16 @@ def evaluate_loader(model: torch.nn.Module, loader, device: torch.device,
             parts.setdefault(k, []).append(v.cpu())
     model.train(was)
     return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def validate(model: torch.nn.Module, loader, device: torch.device) -> dict[str, float]:
+    """``val_mask_iou`` and ``val_depth_rmse``: means over the validation composites. Under torchrun each
+    process scores its share (``loader``'s) and the sums are added up, so every process gets the mean
+    one process would over them all."""
+    m = evaluate_loader(model, loader, device)
+    iou_sum, rmse_sum, n = distributed.sum_over_processes(
+        [float(m["mask_iou"].double().sum()), float(m["depth_rmse"].double().sum()), len(m["mask_iou"])], device)
+    return {"val_mask_iou": iou_sum / n, "val_depth_rmse": rmse_sum / n}
 
 
 def validation_items(items: list, n: int | None) -> list:
@@ -323,6 +338,7 @@ def train_step(net: torch.nn.Module, criterion: torch.nn.Module, opt: torch.opti
     loss, parts = criterion(out, x["mask"], x["depth"])
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    distributed.average_gradients(criterion.parameters())  # DDP averages only the model's
     scaler.unscale_(opt)
     torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], config.clip)
     scaler.step(opt)
@@ -351,20 +367,20 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
     config = config or TrainConfig()
     dataset, run = Path(dataset), Path(run)
     check_labels(read_info(dataset, need_depth=True), dataset, allow_random_labels)
-    rank, world, local_rank = _dist()
+    rank, world, local_rank = distributed.environment()
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() and config.device != "cpu" else "gloo")
     device = resolve_device(config.device, local_rank)
     cuda = device.type == "cuda"
+    if cuda:  # this process's GPU for everything that names no device: RNG, probes, NCCL
+        torch.cuda.set_device(device)
     torch.manual_seed(config.seed)
 
     info = read_info(dataset, need_depth=True)
     stats = load_stats(dataset)
     split = make_split(info["counts"]["bg"], info["counts"]["fg"], config.seed, **config.split)
-    if rank == 0:
-        _prepare_run(run, dataset, config, split)
-    if world > 1:
-        torch.distributed.barrier()
+    precision = str(amp_dtype(device) if amp_enabled(device, config) else torch.float32)
+    distributed.on_first_process(lambda: _prepare_run(run, dataset, config, split, world, precision), rank, RunError)
 
     model = build_model(config.model, stats=stats, pretrained=config.pretrained, **config.model_options).to(device)
     if config.channels_last:  # faster convolutions on GPUs and, with oneDNN, on CPUs too
@@ -393,7 +409,8 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
         sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
         _set_rng_state(ck["rng"])
-        step, epoch0, batch0, history, sums = ck["step"], ck["epoch"], ck["batch"], ck["history"], ck["sums"]
+        step, epoch0, batch0, history = ck["step"], ck["epoch"], ck["batch"], ck["history"]
+        sums = ck["sums_by_rank"][rank] if "sums_by_rank" in ck else ck["sums"]  # each process's own running sums
         steps_log = ck["steps_log"]
         resumed_from = step
         if rank == 0 and epoch0 < config.epochs:  # a finished run returns without a word
@@ -402,14 +419,16 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
 
-    def checkpoint(epoch: int, batch: int) -> None:
+    def checkpoint(epoch: int, batch: int) -> None:  # called by every process: it gathers their loss sums
+        by_rank = distributed.gather(list(sums))
         if rank != 0:
             return
         save_checkpoint(ckpt_path, {"format": RUN_FORMAT, "kind": "checkpoint", "model": model.state_dict(),
                                     "criterion": criterion.state_dict(), "optimizer": opt.state_dict(),
                                     "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                                     "rng": _rng_state(), "step": step, "epoch": epoch, "batch": batch,
-                                    "history": history, "sums": list(sums), "steps_log": steps_log})
+                                    "history": history, "sums": list(sums), "sums_by_rank": by_rank,
+                                    "steps_log": steps_log})
 
     writer = None
     if rank == 0:
@@ -421,7 +440,8 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
             writer = None
     final_size = config.sizes[-1]
     val_items = validation_items(CompositeDataset(dataset, "val", split_spec=split).items, config.val_samples)
-    val_loader = make_loader(CompositeDataset(dataset, val_items, final_size), 64, workers=0)
+    val_loader = make_loader(CompositeDataset(dataset, distributed.shard(val_items, rank, world), final_size), 64,
+                             workers=0)
     t_start = time.perf_counter()
     for epoch in range(epoch0, config.epochs):
         size = config.size_at(epoch)
@@ -450,13 +470,13 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
             if b + 1 < steps_per_epoch and step % config.checkpoint_every == 0:
                 checkpoint(epoch, b + 1)
         bar.close()
+        total = distributed.sum_over_processes(sums, device)  # the loss of every process, not the first's
         row = {"epoch": epoch + 1, "step": step, "size": size, "lr": float(sched.get_last_lr()[0]),
-               "train_loss": sums[0] / max(1, sums[3]), "train_mask_loss": sums[1] / max(1, sums[3]),
-               "train_depth_loss": sums[2] / max(1, sums[3])}
+               "train_loss": total[0] / max(1, total[3]), "train_mask_loss": total[1] / max(1, total[3]),
+               "train_depth_loss": total[2] / max(1, total[3])}
+        distributed.broadcast_buffers(model)  # process 0's running statistics, which model.pt keeps
+        row.update(validate(model, val_loader, device), seconds=round(time.perf_counter() - t_epoch, 2))
         if rank == 0:
-            m = evaluate_loader(model, val_loader, device)
-            row.update(val_mask_iou=float(m["mask_iou"].mean()), val_depth_rmse=float(m["depth_rmse"].mean()),
-                       seconds=round(time.perf_counter() - t_epoch, 2))
             history.append(row)
             log(f"epoch {epoch + 1}/{config.epochs} @{size}px: loss {row['train_loss']:.4f} "
                 f"(mask {row['train_mask_loss']:.4f}, depth {row['train_depth_loss']:.4f}) | val mask IoU "
@@ -464,7 +484,8 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
             if writer is not None:
                 for k in ("val_mask_iou", "val_depth_rmse", "lr"):
                     writer.add_scalar(k.replace("_", "/", 1), row[k], step)
-            checkpoint(epoch + 1, 0)
+        checkpoint(epoch + 1, 0)
+        if rank == 0:
             _write_history(run, history, steps_log)
         if world > 1:
             torch.distributed.barrier()

@@ -1,0 +1,31 @@
+"""Run under torchrun by tests/test_distributed.py: train, then save what each process ends with.
+
+    torchrun --standalone --nproc-per-node=2 tests/ddp_probe.py DATASET RUN CONFIG_JSON
+
+Writes RUN/rank<r>.pt (the model's and the loss's state, the sharded validation of the final
+weights) so the test can compare the processes with each other and with one process.
+"""
+
+import json
+import sys
+
+import torch
+
+import depthmask_utils.train as T
+from depthmask_utils import distributed
+from depthmask_utils.data import CompositeDataset, make_loader
+from depthmask_utils.dataset import Split
+
+dataset, run, cfg = sys.argv[1], sys.argv[2], T.TrainConfig.from_dict(json.loads(sys.argv[3]))
+kept = {}
+build_model, make_criterion = T.build_model, T.make_criterion
+T.build_model = lambda *a, **k: kept.setdefault("model", build_model(*a, **k))
+T.make_criterion = lambda *a, **k: kept.setdefault("criterion", make_criterion(*a, **k))
+T.train(dataset, run, cfg, progress=False, log=lambda *_: None)
+torch.distributed.init_process_group("gloo") if not torch.distributed.is_initialized() else None
+rank, world, _ = distributed.environment()
+split = Split.from_dict(json.loads((T.Path(run) / "split.json").read_text()))
+val = T.validation_items(CompositeDataset(dataset, "val", split_spec=split).items, cfg.val_samples)
+loader = make_loader(CompositeDataset(dataset, distributed.shard(val, rank, world), cfg.sizes[-1]), 64, workers=0)
+torch.save({"model": kept["model"].state_dict(), "criterion": kept["criterion"].state_dict(),
+            "validation": T.validate(kept["model"], loader, torch.device("cpu"))}, f"{run}/rank{rank}.pt")
