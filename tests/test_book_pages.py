@@ -21,6 +21,7 @@ HTML = ROOT / "_build" / "html"
 SHOTS = ROOT / "_build" / "screenshots"
 REQUIRED = os.environ.get("DEPTHMASK_BOOK_CHECK") == "1"
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+pytestmark = pytest.mark.slow  # a browser per page: seconds each
 PAGES = sorted((HTML / "notebooks").glob("[0-9][0-9]_*.html")) + sorted((HTML / "book").glob("*.html"))
 
 

@@ -143,6 +143,7 @@ def test_run_stops_at_the_first_failing_chapter_and_names_it(tmp_path):
     assert "FAILED" in lines
 
 
+@pytest.mark.slow
 def test_run_executes_a_real_chapter_and_reports(tmp_path, capfd):
     from depthmask_utils.cli import main
 

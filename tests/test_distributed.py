@@ -29,6 +29,7 @@ def torchrun(*args, wait=True, **kw):
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, **{"timeout": 600, **kw})
 
 
+@pytest.mark.slow
 def test_both_processes_end_with_the_same_model_and_loss_weights_and_validate_as_one(labelled, tmp_path):
     run = tmp_path / "ddp"
     r = torchrun(PROBE, labelled, run, json.dumps({**CFG, "weighting": "uncertainty"}))
@@ -49,6 +50,7 @@ def test_both_processes_end_with_the_same_model_and_loss_weights_and_validate_as
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_a_killed_ddp_run_resumes_to_the_same_weights_as_an_uninterrupted_one(labelled, tmp_path):
     cli = ["-m", "depthmask_utils", "train", labelled, "--epochs", "2", "--size", "32", "--batch-size", "8",
            "--workers", "0", "--no-progress", "--device", "cpu", "--checkpoint-every", "3"]
@@ -69,6 +71,7 @@ def test_a_killed_ddp_run_resumes_to_the_same_weights_as_an_uninterrupted_one(la
     assert h_resumed[["step", "train_loss", "val_mask_iou"]].equals(h_whole[["step", "train_loss", "val_mask_iou"]])
 
 
+@pytest.mark.slow
 def test_a_mismatched_run_folder_stops_every_process_with_its_message_and_other_world_sizes_are_refused(labelled,
                                                                                                        tmp_path):
     from depthmask_utils.train import train

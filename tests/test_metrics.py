@@ -47,18 +47,6 @@ def test_depth_metrics_against_torchmetrics_and_by_hand():
     assert torch.allclose(M.ssim(t, t), torch.ones(3))
 
 
-def test_ssim_loss_agrees_with_the_metric():
-    """kornia's loss and torchmetrics' metric: (1 - SSIM) / 2 from two libraries."""
-    g = torch.Generator().manual_seed(2)
-    t = torch.rand(2, 1, 32, 32, generator=g)
-    p = (t + 0.1 * torch.randn(2, 1, 32, 32, generator=g)).clamp(0, 1)
-    import kornia
-    from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
-
-    loss = kornia.losses.ssim_loss(p, t, 11, max_val=1.0)
-    assert float(loss) == pytest.approx((1 - float(tm_ssim(p, t, data_range=1.0))) / 2, abs=0.02)
-
-
 @pytest.mark.parametrize("shape,window", [((3, 1, 32, 40), 7), ((2, 3, 17, 23), 7), ((2, 1, 24, 24), 11)])
 def test_our_ssim_equals_kornias_map_loss_and_gradient(shape, window):
     """The banded-matrix SSIM of the depth loss against kornia's: same map, loss and gradient."""

@@ -137,6 +137,7 @@ def test_unet_refinement_starts_at_zero():
     assert extra == 12 * 8 * 9 + 2 * 8 + 8 * 8 * 9 + 2 * 8 + 8 + 1
 
 
+@pytest.mark.slow
 def test_mask_refiner_sharpens_a_small_mask():
     """Detail finer than the working size (1-px stripes, like hair or gaps between fingers): the base
     model, shrunk to half size, sees only a blur there; the refiner sees the stripes in the difference."""

@@ -185,6 +185,7 @@ def _files(root: Path) -> dict:
             if p.is_file() and (p.suffix in (".zip",) or p.name == "manifest.csv")}
 
 
+@pytest.mark.slow
 def test_resume_after_kill_is_byte_identical(world, tmp_path):
     args = [sys.executable, "-m", "depthmask_utils", "generate", "--bg", str(world / "bg"), "--fg", str(world / "fg"),
             "--size", "128", "--placements", "40", "--workers", "1"]  # ~0.1 s a shard: the kill lands mid-run

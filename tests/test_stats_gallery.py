@@ -5,6 +5,7 @@ import sys
 import zipfile
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from depthmask_utils.depth import label_depth
@@ -86,6 +87,7 @@ def test_galleries_are_written(dataset):
         assert im.size[0] > 300 and np.asarray(im.convert("L")).std() > 10  # not blank
 
 
+@pytest.mark.slow
 def test_cli_stats_and_gallery(dataset):
     out = subprocess.run([sys.executable, "-m", "depthmask_utils", "stats", str(dataset), "--workers", "1"],
                          capture_output=True, text=True)

@@ -173,6 +173,7 @@ print(hashlib.md5("".join(digests[i] for i in range(len(imgs))).encode()).hexdig
 """
 
 
+@pytest.mark.slow
 def test_grey_png_bytes_do_not_depend_on_the_process():
     # Resume is byte-identical only if every process writes the same bytes for the same pixels.
     # ISA-L's level-1 deflate fails this now and then: on real masks about 1 call in 20,000 wrote other

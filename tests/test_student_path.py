@@ -32,6 +32,7 @@ def own_folders(tmp_path_factory):
     return own
 
 
+@pytest.mark.slow
 def test_every_chapter_runs_on_own_photos_with_the_full_profiles_code_paths(own_folders, tmp_path):
     out = tmp_path / "course"
     report = course.run_course("smoke", out, log=lambda *a, **k: None, fg_dir=own_folders / "people",
@@ -53,6 +54,7 @@ def _git(*args, cwd=ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs a git checkout")
 def test_colab_install_cell_for_real_clone_install_and_first_cells(tmp_path):
     repo = course.repository()

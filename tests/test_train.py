@@ -154,6 +154,7 @@ def test_progressive_sizes():
     assert [cfg.size_at(e) for e in range(6)] == [64, 64, 112, 112, 224, 224]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(labelled, tmp_path):
     """SIGKILL a real training process after its first mid-epoch checkpoint, re-run the same
     command, and compare with a run that was never interrupted."""
@@ -196,6 +197,7 @@ def test_bad_inputs_are_named(labelled, built, tmp_path):
     assert r.returncode == 2 and "foreign.pt" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_ddp_on_cpu_with_two_gloo_processes(labelled, tmp_path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                         "-m", "depthmask_utils", "train", str(labelled), "--out", str(tmp_path / "ddp"),
