@@ -216,9 +216,9 @@ class OnTheFlyDataset(CompositeDataset):
         from .depth import room_depth
 
         super().__init__(root, split, size, augment, seed, split_spec, geometry)
-        room_depth(self.root, self.items[0].bg, self.size)  # fails here, naming the file, if rooms have no depth
         self.scale = tuple(self.info["params"]["scale"])
-        self._pyramids, self._inv, self._floors = None, {}, False
+        first = self.items[0].bg  # fails here, naming the file, if the rooms have no stored depth
+        self._pyramids, self._inv, self._floors = None, {first: room_depth(self.root, first, self.size)}, False
 
     def read(self, c: Composite, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Composite ``c`` built afresh for the current epoch, written into ``out`` if given.

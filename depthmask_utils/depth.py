@@ -242,7 +242,7 @@ def scene_inverse_depth(dataset: str | Path, bg: int, size: int) -> np.ndarray:
     """
     info = read_json(Path(dataset) / DATASET_JSON)
     src = info["inputs"]["bg"][bg]["file"]
-    depth_path = Path(info["inputs"]["bg_dir"]).parent / "bg_depth" / (Path(src).stem + ".png")
+    depth_path = _exact_depth_dir(info) / (Path(src).stem + ".png")
     if not depth_path.exists():
         raise TeacherUnavailable(f"{depth_path}: exact depth not found - teacher 'scene' works only on "
                                  "backgrounds made by `python -m depthmask_utils sample`; use a network teacher")
@@ -251,10 +251,14 @@ def scene_inverse_depth(dataset: str | Path, bg: int, size: int) -> np.ndarray:
     return np.asarray(inv.resize((size, size), Image.BILINEAR, box=center_crop_box(*inv.size)), dtype=np.float32)
 
 
+def _exact_depth_dir(info: dict) -> Path:
+    """Where the sample world keeps its exact depth: ``bg_depth/`` beside the backgrounds' folder."""
+    return Path(info["inputs"]["bg_dir"]).parent / "bg_depth"
+
+
 def has_exact_depth(dataset: str | Path) -> bool:
     """Whether the backgrounds of ``dataset`` come with the sample world's exact depth (``bg_depth/``)."""
-    info = read_json(Path(dataset) / DATASET_JSON)
-    return (Path(info["inputs"]["bg_dir"]).parent / "bg_depth").is_dir()
+    return _exact_depth_dir(read_json(Path(dataset) / DATASET_JSON)).is_dir()
 
 
 class SceneTeacher:

@@ -555,18 +555,16 @@ def no_alpha_error(fg_dir, fgs) -> InputError | None:
                       "PNG) or remove the file")
 
 
-def estimate_floors(bg_images: list[np.ndarray], teacher: str, device: str | None = None
-                    ) -> tuple[list[Floor], list[np.ndarray]]:
+def estimate_floors(bg_images: list[np.ndarray], teacher: str, device: str | None = None) -> list[Floor]:
     """Automatic floors for backgrounds without masks: ``teacher``'s inverse depth of each empty
-    background, then :func:`floor.estimate_floor`. Returns the floors (no metric depth: a teacher's
-    depth is relative, so people keep the plan's heights) and the teacher's maps."""
+    background, then :func:`floor.estimate_floor`. The floors have no metric depth (a teacher's depth
+    is relative), so people keep the plan's heights."""
     from .depth import make_teacher
     from .floor import estimate_floor
 
     model = make_teacher(teacher, device=device)
-    maps = [model.predict(np.stack(bg_images[i:i + 16])) for i in range(0, len(bg_images), 16)]
-    maps = [m for batch in maps for m in batch]
-    return [Floor(estimate_floor(m)) for m in maps], maps
+    return [Floor(estimate_floor(m)) for i in range(0, len(bg_images), 16)
+            for m in model.predict(np.stack(bg_images[i:i + 16]))]
 
 
 def _params_digest(params: dict) -> str:
@@ -627,10 +625,9 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
     if placement not in (None, *PLACEMENTS):
         raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     floors = None if placement == "uniform" else find_floors(bg_dir, bgs.sources, size, floor_dir)
-    floor_source = "none" if floors is None else ("given" if floor_dir else "sample world")
     estimate = floors is None and placement != "uniform"  # done after the parameter check below: it runs a teacher
-    if estimate:
-        floor_source = f"estimated by {floor_teacher}"
+    floor_source = (f"estimated by {floor_teacher}" if estimate else
+                    "none" if floors is None else "given" if floor_dir else "sample world")
     placement = "floor" if floors is not None or estimate else "uniform"
     params = {"size": size, "placements": placements, "scale": list(scale), "seed": seed,
               "jpeg_quality": jpeg_quality, "jpeg_chroma": jpeg_chroma, "placement": placement, "plan_version": PLAN_VERSION,
@@ -659,7 +656,7 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
         from .floor import load_floors
 
         masks = load_floors(out, len(bgs.images))
-        floors = [Floor(m) for m in masks] if masks is not None else estimate_floors(bgs.images, floor_teacher)[0]
+        floors = [Floor(m) for m in masks] if masks is not None else estimate_floors(bgs.images, floor_teacher)
     out.mkdir(parents=True, exist_ok=True)
     if not kept:
         atomic_write_json(lock, params)
