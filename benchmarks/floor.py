@@ -24,8 +24,8 @@ from _common import BENCH  # noqa: E402
 from depthmask_utils.backgrounds import load_backgrounds  # noqa: E402
 from depthmask_utils.depth import make_teacher  # noqa: E402
 from depthmask_utils.floor import estimate_floor, floor_iou  # noqa: E402
-from depthmask_utils.overlay import (Floor, find_floors, placement_rng, plan_floor_placements,  # noqa: E402
-                                     plan_placements)
+from depthmask_utils.placement import (Floor, find_floors, placement_rng, plan_floor_placements,  # noqa: E402
+                                       plan_placements)
 from depthmask_utils.sample import make_sample_world  # noqa: E402
 
 

@@ -46,7 +46,9 @@ from _common import BENCH, cores, timed, verdict, world  # noqa: E402
 
 from depthmask_utils.backgrounds import load_backgrounds  # noqa: E402
 from depthmask_utils.masks import load_foregrounds  # noqa: E402
-from depthmask_utils.overlay import build_plan, composite, find_floors, generate, pyramids_for  # noqa: E402
+from depthmask_utils.compositing import composite, pyramids_for  # noqa: E402
+from depthmask_utils.overlay import generate  # noqa: E402
+from depthmask_utils.placement import build_plan, find_floors  # noqa: E402
 from depthmask_utils.storage import encode_jpeg_bgr, encode_png  # noqa: E402
 
 SIZE = 224

@@ -40,7 +40,7 @@ from depthmask_utils.config import get_profile  # noqa: E402
 from depthmask_utils.data import CompositeDataset  # noqa: E402
 from depthmask_utils.dataset import load_prepared, read_params  # noqa: E402
 from depthmask_utils.metrics import iou  # noqa: E402
-from depthmask_utils.overlay import composite, pyramids_for  # noqa: E402
+from depthmask_utils.compositing import composite, pyramids_for  # noqa: E402
 from depthmask_utils.pipeline import ensure_stats  # noqa: E402
 from depthmask_utils.storage import encode_jpeg_bgr  # noqa: E402
 

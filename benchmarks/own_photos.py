@@ -17,6 +17,7 @@ import argparse
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT  # noqa: E402
 from train import measured_seconds  # noqa: E402
 
-from depthmask_utils.config import get_profile  # noqa: E402
+from depthmask_utils.config import get_profile, train_config  # noqa: E402
 from depthmask_utils.data import CompositeDataset  # noqa: E402
 from depthmask_utils.depth import label_depth  # noqa: E402
 from depthmask_utils.evaluate import evaluate, predict  # noqa: E402
-from depthmask_utils.overlay import dataset_floors, generate  # noqa: E402
+from depthmask_utils.overlay import generate  # noqa: E402
+from depthmask_utils.placement import dataset_floors  # noqa: E402
 from depthmask_utils.stats import dataset_stats  # noqa: E402
 from depthmask_utils.storage import read_json  # noqa: E402
-from depthmask_utils.train import TrainConfig, train  # noqa: E402
+from depthmask_utils.train import train  # noqa: E402
 
 
 def main() -> None:
@@ -71,11 +73,11 @@ def main() -> None:
           f"subject visible in its depth label: {visible['share']:.0%} of {visible['checked']}")
     dataset_stats(dataset, progress=False)
 
-    cfg = TrainConfig.from_dict({**sample.train, "checkpoint_every": 10**9, "val_samples": None})
+    cfg = train_config(sample, ["checkpoint_every=1000000000", "val_samples=null"])
     per_step, per_epoch = measured_seconds(cfg, dataset)
     n_train = len(CompositeDataset(dataset, "train", seed=cfg.seed).items)
     steps_per_epoch = n_train // cfg.batch_size
-    cfg.epochs = max(1, int(args.minutes * 60 / (steps_per_epoch * per_step + per_epoch)))
+    cfg = replace(cfg, epochs=max(1, int(args.minutes * 60 / (steps_per_epoch * per_step + per_epoch))))
     print(f"train: {n_train} training composites, {per_step:.2f} s/step -> {cfg.epochs} epochs for {args.minutes} min")
     run = out / "run"
     result = train(dataset, run, cfg, progress=False)

@@ -25,9 +25,7 @@ def cmd_sample(args) -> int:
     """Render the sample world (chapter 01) into --out."""
     from .sample import make_sample_world
 
-    p = _profile(args)
-    summary = make_sample_world(args.out, args.n_bg or p.n_bg, args.n_fg or p.n_fg, args.size or p.world_size,
-                                p.seed if args.seed is None else args.seed)
+    summary = make_sample_world(args.out, args.n_bg, args.n_fg, args.size, args.seed, profile=args.profile)
     print(f"sample world in {args.out}: {summary['bg']}; {summary['fg']}")
     return 0
 
@@ -36,12 +34,10 @@ def cmd_generate(args) -> int:
     """Make the composites and masks (chapter 03); skipped inputs are listed on stderr."""
     from .overlay import generate
 
-    p = _profile(args)
-    r = generate(args.bg, args.fg, args.out, size=args.size or p.size, placements=args.placements or p.placements,
-                 scale=tuple(args.scale) if args.scale else p.scale, seed=p.seed if args.seed is None else args.seed,
-                 workers=args.workers, jpeg_quality=args.jpeg_quality or p.jpeg_quality, placement=args.placement,
-                 floor_dir=args.floor, jpeg_chroma=args.jpeg_chroma or p.jpeg_chroma,
-                 floor_teacher=args.floor_teacher or p.network_teacher,
+    r = generate(args.bg, args.fg, args.out, size=args.size, placements=args.placements,
+                 scale=tuple(args.scale) if args.scale else None, seed=args.seed, workers=args.workers,
+                 jpeg_quality=args.jpeg_quality, placement=args.placement, floor_dir=args.floor,
+                 jpeg_chroma=args.jpeg_chroma, floor_teacher=args.floor_teacher, profile=args.profile,
                  log=lambda line: print(line, file=sys.stderr if line.startswith("warning") else sys.stdout))
     for s in r.skipped:
         print(f"skipped {s['kind']} {s['file']}: {s['reason']}", file=sys.stderr)
@@ -71,9 +67,9 @@ def cmd_label_depth(args) -> int:
     if teacher is None:
         teacher, why = labelling_teacher(p, args.dataset)
         print(f"teacher {teacher}: {why}")
-    r = label_depth(args.dataset, teacher=teacher, mode=args.mode or p.depth_mode, batch_size=args.batch_size or p.batch_size,
-                    device=args.device, weights=args.weights, teacher_path=args.teacher_path,
-                    input_size=args.input_size or p.teacher_input, overwrite=args.overwrite, profile=p.name)
+    r = label_depth(args.dataset, teacher=teacher, mode=args.mode, batch_size=args.batch_size, device=args.device,
+                    weights=args.weights, teacher_path=args.teacher_path, input_size=args.input_size,
+                    overwrite=args.overwrite, profile=p.name)
     print(repr(r))
     return 0
 
@@ -98,22 +94,20 @@ def cmd_gallery(args) -> int:
 
 
 def _train_config(args):
-    from .train import TrainConfig
+    """The profile's training values with the options applied: each named option is a shortcut for
+    one ``--set KEY=VALUE``, and all go through :func:`config.train_config`'s one rule."""
+    from .config import train_config
 
     p = _profile(args)
-    cfg = TrainConfig(**p.train)
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "workers": args.workers,
-                 "device": args.device, "seed": args.seed, "model": args.model,
-                 "checkpoint_every": args.checkpoint_every, "pretrained": args.pretrained}
-    cfg = TrainConfig.from_dict({**cfg.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
-    if args.model and args.model != p.train.get("model"):  # the profile's options (base, unshuffle) are its model's
-        cfg.model_options, cfg.depth_scale = {}, 1.0
+    values = {"epochs": args.epochs, "batch_size": args.batch_size, "workers": args.workers, "device": args.device,
+              "seed": args.seed, "model": args.model, "checkpoint_every": args.checkpoint_every,
+              "pretrained": args.pretrained}
     if args.size:  # the final size; progressive resizing keeps its smaller steps below it
-        cfg.sizes = tuple(s for s in cfg.sizes if s < args.size) + (args.size,)
+        values["sizes"] = tuple(s for s in p.train.sizes if s < args.size) + (args.size,)
     if args.refine_from:  # the refiner replaces unshuffle: the model runs on the shrunk input instead
-        opts = {k: v for k, v in cfg.model_options.items() if k != "unshuffle"}
-        cfg.model_options = {**opts, "refine_from": args.refine_from}
-    return cfg
+        base = {} if args.model and args.model != p.train.model else p.train.model_options
+        values["model_options"] = {**{k: v for k, v in base.items() if k != "unshuffle"}, "refine_from": args.refine_from}
+    return train_config(p, args.set, **values)
 
 
 def cmd_pack(args) -> int:
@@ -173,7 +167,7 @@ def cmd_run(args) -> int:
     print(f"running the course, profile {args.profile}, into {Path(args.out).resolve()}", flush=True)
     try:
         report = run_course(args.profile, args.out, only=args.only, log=print, fg_dir=args.fg, bg_dir=args.bg,
-                            floor_dir=args.floor)
+                            floor_dir=args.floor, **({"notebooks": Path(args.notebooks)} if args.notebooks else {}))
     except ChapterFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -232,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fg", required=True, help="folder of foregrounds (RGBA, or on a plain backdrop)")
     sp.add_argument("--out", required=True, help="dataset folder")
     sp.add_argument("--size", type=int)
-    sp.add_argument("--placements", type=int)
+    sp.add_argument("--placements", type=int, help="per (bg, fg, flip); default: the profile's, raised for few "
+                    "photos to reach its minimum dataset size")
     sp.add_argument("--scale", type=float, nargs=2, metavar=("LO", "HI"))
     sp.add_argument("--seed", type=int)
     sp.add_argument("--workers", type=int)
@@ -294,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--refine-from", type=int, metavar="PX",
                     help="run the model at PX and refine the mask at --size (e.g. --size 128 --refine-from 64)")
     sp.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (and one at each epoch end)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="any training value (VALUE as JSON, else text), e.g. --set lr=0.001 --set "
+                         "model_options.base=32; repeatable; recorded in RUN/config.json")
     sp.add_argument("--pretrained", action=argparse.BooleanOptionalAction,
                     help="ImageNet weights for a ResNet encoder (default: the profile's; full: on, a download)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar (logs one line per epoch)")
@@ -323,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fg", metavar="DIR", help="your own foregrounds (RGBA cut-outs), for every chapter that takes them")
     sp.add_argument("--bg", metavar="DIR", help="your own backgrounds")
     sp.add_argument("--floor", metavar="DIR", help="floor masks for your backgrounds (else they are estimated)")
+    sp.add_argument("--notebooks", metavar="DIR", help="the chapters to run (default: the checkout's notebooks/)")
 
     sp = add("refresh", cmd_refresh, "re-run chapters in place with their sample defaults, as committed")
     sp.add_argument("only", nargs="*", metavar="NN", help="only these chapters (default: all)")

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import DepthmaskError
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 INSTALL_TAG = "colab-install"  # the generated cell carries this tag (and hide-cell for the book)
@@ -49,6 +51,8 @@ def repository(config: str | Path = ROOT / "_config.yml") -> Repository:
     """The course repository named in the book's ``_config.yml``."""
     import yaml
 
+    if not Path(config).exists():
+        raise needs_checkout(Path(config), "the book's configuration")
     cfg = yaml.safe_load(Path(config).read_text())
     repo = cfg.get("repository") or {}
     if not repo.get("url"):
@@ -179,9 +183,23 @@ def _kernel_manager():
     return EncryptedKernelManager
 
 
+class CheckoutNeeded(DepthmaskError):
+    """A course command (run, refresh, colab) that needs the notebooks of a checkout, not the package alone."""
+
+
+def needs_checkout(path: Path, what: str) -> CheckoutNeeded:
+    return CheckoutNeeded(f"{path}: {what} not found. The course commands (run, refresh, colab) work on a "
+                          "checkout of the course: git clone it, pip install -e . inside, and run them from "
+                          "there (run also takes --notebooks DIR)")
+
+
 def chapters(notebooks: Path = NOTEBOOKS, only: list[str] | None = None) -> list[Path]:
-    """The chapter notebooks, in order; ``only`` keeps those whose number (``03``) or name is listed."""
-    found = sorted(notebooks.glob("[0-9][0-9]_*.ipynb"))
+    """The chapter notebooks, in order; ``only`` keeps those whose number (``03``) or name is listed.
+
+    An installed package holds no notebooks: without any, :class:`CheckoutNeeded` says where they are."""
+    found = sorted(Path(notebooks).glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise needs_checkout(Path(notebooks), "no chapter notebooks (NN_name.ipynb)")
     return [p for p in found if not only or p.name[:2] in only or p.stem in only]
 
 
@@ -306,10 +324,12 @@ def course_report(profile: str, data_root: str | Path, times: dict[str, float], 
 
 def clean_executed(path: Path) -> list[str]:
     """Strip what a run leaves that does not belong in the committed chapter: execution timestamps,
-    papermill's run metadata (it holds machine paths) and an injected-parameters cell. Returns the
+    papermill's run metadata (it holds machine paths), the sliders' saved widget state and an
+    injected-parameters cell. Returns the
     problems a reader would see and that cannot be stripped: stderr or error outputs, size over 1 MB."""
     nb = json.loads(path.read_text())
     nb["metadata"].pop("papermill", None)
+    nb["metadata"].pop("widgets", None)  # the sliders' saved state: dead without a kernel, and 100 KB
     nb["cells"] = [c for c in nb["cells"] if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
     problems = []
     for i, c in enumerate(nb["cells"]):

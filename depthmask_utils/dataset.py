@@ -214,7 +214,7 @@ _VERIFY: dict = {}
 
 def _init_verify(fg_dir: str, n_fg: int, size: int, scale: tuple[float, float]) -> None:
     """Per-process state for verify: every prepared foreground's pyramid, built once."""
-    from .overlay import pyramids_for
+    from .compositing import pyramids_for
 
     fgs = [load_prepared(Path(fg_dir).parent, "fg", j) for j in range(n_fg)]
     _VERIFY.update(pyramids=pyramids_for(fgs, size, scale), size=size)

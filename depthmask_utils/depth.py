@@ -40,6 +40,7 @@ from PIL import Image
 
 from .backgrounds import center_crop_box
 from .dataset import DATASET_JSON, LABELS_MEMBER, MANIFEST_CSV, load_prepared, member, member_pattern
+from .config import from_profile
 from .errors import DatasetError, TeacherUnavailable
 from .parallel import run_tasks
 from .sample import read_depth_mm
@@ -284,14 +285,14 @@ class SceneTeacher:
 def make_teacher(name: str, weights: str = "pretrained", path: str | Path | None = None, device: str | None = None,
                  input_size: int = 518) -> "HFTeacher | SceneTeacher":
     """The teacher called ``name``: :class:`SceneTeacher` for ``scene``, the shipped ``mini`` network
-    (:func:`mini_teacher.load_mini_teacher`, always at the 128 px it was trained at), else :func:`load_teacher`."""
+    (:func:`mini_net.load_mini_teacher`, always at the 128 px it was trained at), else :func:`load_teacher`."""
     if name == SceneTeacher.name:
         return SceneTeacher()
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if name == "mini":
-        from .mini_teacher import load_mini_teacher
+        from .mini_net import load_mini_teacher
 
         return load_mini_teacher(weights, path, device)
     return load_teacher(name, weights, path, device, input_size)
@@ -412,12 +413,15 @@ def _relabel_shard(job: ShardJob) -> int:
     return len(job.rows)
 
 
-def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plus-foreground",
-                batch_size: int = 32, device: str | None = None, weights: str = "pretrained",
-                teacher_path: str | Path | None = None, input_size: int = 518, overwrite: bool = False,
-                progress: bool = True, teacher_model: HFTeacher | None = None, profile: str | None = None
-                ) -> LabelResult:
+def label_depth(dataset: str | Path, teacher: str | None = None, mode: str | None = None,
+                batch_size: int | None = None, device: str | None = None, weights: str = "pretrained",
+                teacher_path: str | Path | None = None, input_size: int | None = None, overwrite: bool = False,
+                progress: bool = True, teacher_model: HFTeacher | None = None, profile=None) -> LabelResult:
     """Add ``depth/<id>.png`` to every shard of ``dataset`` and depth columns to the manifest.
+
+    ``teacher``, ``mode`` (the profile's ``depth_mode``), ``batch_size`` and ``input_size`` (its
+    ``teacher_input``) left None are ``profile``'s (a :class:`config.Profile` or its name; ``sample``
+    when None).
 
     ``weights="random"`` (the teacher's architecture, untrained: noise) must be asked for, and is
     refused for ``profile="full"``, where it would label the assignment's dataset with noise.
@@ -426,12 +430,14 @@ def label_depth(dataset: str | Path, teacher: str = "scene", mode: str = "bg-plu
     """
     from tqdm import tqdm
 
+    teacher, mode, batch_size, input_size = from_profile(profile or "sample", teacher=teacher, depth_mode=mode,
+                                                         batch_size=batch_size, teacher_input=input_size)
     dataset = Path(dataset)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}")
     if teacher not in TEACHERS:
         raise ValueError(f"unknown teacher {teacher!r}; choose one of {', '.join(TEACHERS)}")
-    if weights == "random" and profile == "full" and teacher != SceneTeacher.name:
+    if weights == "random" and getattr(profile, "name", profile) == "full" and teacher != SceneTeacher.name:
         raise TeacherUnavailable(f"{dataset}: random teacher weights are refused on the full profile: they would "
                                  "label the whole dataset with noise. Use pretrained weights (the default), or "
                                  "--teacher mini offline")
@@ -622,7 +628,8 @@ def uniform_vs_floor(dataset: str | Path, n: int = 200, seed: int = 0, room_dept
     """
     import pandas as pd
 
-    from .overlay import build_plan, composite, pyramids_for  # here: overlay is the heavier module
+    from .compositing import composite, pyramids_for
+    from .placement import build_plan
 
     dataset = Path(dataset)
     info = read_json(dataset / DATASET_JSON)

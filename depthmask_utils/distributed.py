@@ -29,6 +29,26 @@ def environment() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
+def init(world: int, cuda: bool) -> None:
+    """Join torchrun's process group (NCCL between GPUs, gloo on CPUs), once; nothing for one process."""
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+
+
+def wrap(model: torch.nn.Module, device_index: int | None) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel (its gradients averaged in backward) when several
+    processes train; the model itself otherwise. ``device_index``: this process's GPU, None on CPUs."""
+    if not active():
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=None if device_index is None else [device_index])
+
+
+def barrier() -> None:
+    """Wait until every process gets here; nothing for one process."""
+    if active():
+        torch.distributed.barrier()
+
+
 def active() -> bool:
     """True inside an initialised process group of more than one process."""
     return torch.distributed.is_available() and torch.distributed.is_initialized() and \

@@ -23,3 +23,11 @@ class TeacherUnavailable(DepthmaskError):
 
 class WeightsUnavailable(DepthmaskError):
     """Pretrained encoder weights cannot be fetched (offline, blocked download)."""
+
+
+class ConfigError(DepthmaskError, ValueError):
+    """A training value that does not exist or has the wrong type (``--set KEY=VALUE``, a profile)."""
+
+
+class DeviceUnavailable(DepthmaskError):
+    """The device asked for (``--device cuda``) is not on this machine."""

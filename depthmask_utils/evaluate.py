@@ -17,14 +17,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import RunError, load_checkpoint
 from .data import CompositeDataset, make_loader, to_inputs
 from .dataset import Split
 from .errors import InputError
 from .images import list_images
 from .metrics import all_metrics, boundary_f, dice, iou
 from .models import build_model
+from .precision import resolve_device
 from .storage import atomic_write_bytes, atomic_write_json, encode_png
-from .train import RunError, load_checkpoint, resolve_device
 
 GROUPS = ("unseen_bg", "unseen_fg", "unseen_both")
 
@@ -217,7 +218,8 @@ def real_photo_check(run: str | Path, dataset: str | Path, placements: int = 6, 
     import pandas as pd
 
     from .dataset import load_prepared, read_info
-    from .overlay import composite, fit_box, pyramids_for
+    from .compositing import composite, pyramids_for
+    from .placement import fit_box
 
     run, dataset = Path(run), Path(dataset)
     dev = resolve_device(device)

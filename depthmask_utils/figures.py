@@ -40,8 +40,9 @@ def show_row(images: list, titles: list[str] | None = None, size: float = 2.2, c
     handle = None
     for i, (ax, img) in enumerate(zip(axes[0], images)):
         img = np.asarray(img)
-        if img.ndim == 2:
-            handle = ax.imshow(img, cmap=cmap, vmin=0, vmax=255 if img.dtype == np.uint8 else None)
+        if img.ndim == 2:  # masks and labels: each stored pixel drawn as a square
+            handle = ax.imshow(img, cmap=cmap, vmin=0, vmax=255 if img.dtype == np.uint8 else None,
+                               interpolation="nearest")
         else:
             ax.imshow(show_rgba(img) if img.shape[-1] == 4 else img)
         ax.set_axis_off()
@@ -69,13 +70,15 @@ def show_grid(rows: list[list], kinds: list[str], col_titles: list[str] | None =
     """A grid of images, one list per row; ``kinds`` per column: ``rgb``, ``mask`` (grey, 0-1),
     ``depth`` (colour map, 0-1, 1 = near) or ``error`` (absolute error, 0-0.5).
 
-    Accepts numpy arrays (uint8 or 0-1 floats) and torch (C, H, W) tensors. The last column of a
-    ``depth`` or ``error`` kind gets a colour bar saying what the colours mean.
+    Accepts numpy arrays (uint8 or 0-1 floats) and torch (C, H, W) tensors. Every colour map in the
+    grid (``depth``, ``error``) gets its own colour bar saying what the colours mean. Pixels are
+    drawn as squares (nearest neighbour): a mask's edge or a label's step is shown as it is stored.
     """
     import matplotlib.pyplot as plt
 
     n_r, n_c = len(rows), len(kinds)
-    fig, axes = plt.subplots(n_r, n_c, figsize=(size * n_c + (0.6 if colorbar else 0), size * n_r + 0.3), squeeze=False)
+    bars = [k for k in ("depth", "error") if k in kinds] if colorbar else []
+    fig, axes = plt.subplots(n_r, n_c, figsize=(size * n_c + 0.75 * len(bars), size * n_r + 0.3), squeeze=False)
     style = {"mask": dict(cmap="gray", vmin=0, vmax=1), "depth": dict(cmap=DEPTH_CMAP, vmin=0, vmax=1),
              "error": dict(cmap="viridis", vmin=0, vmax=0.5)}
     handles = {}
@@ -93,10 +96,14 @@ def show_grid(rows: list[list], kinds: list[str], col_titles: list[str] | None =
             if c == 0 and row_titles:
                 ax.set_ylabel(row_titles[r], fontsize=8)
     fig.tight_layout()
-    if colorbar:
-        labels = {"depth": "inverse depth (1 = near)", "error": "absolute error"}
-        for kind in ("depth", "error"):
-            if kind in handles:
-                fig.colorbar(handles[kind], ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label=labels[kind])
-                break
+    if bars:  # side by side at the right, each in its own axes (never on top of each other)
+        labels = {"depth": "inverse depth (1 = near)", "error": "error (0-1 units)"}
+        step = 0.75 / fig.get_figwidth()  # 0.75 inch per bar, with its ticks and label
+        right = 1 - step * len(bars)
+        fig.subplots_adjust(right=right - 0.01)
+        for j, kind in enumerate(bars):
+            cax = fig.add_axes([right + j * step, 0.12, 0.12 * step, 0.76])
+            cb = fig.colorbar(handles[kind], cax=cax)
+            cb.set_label(labels[kind], fontsize=TITLE_PT)
+            cb.ax.tick_params(labelsize=TITLE_PT)
     return fig

@@ -73,8 +73,7 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor, window: int = 7, sigma: f
     The same map as ``kornia.metrics.ssim(pred, target, window)`` (Gaussian of sigma 1.5, reflect
     padding; a test checks them equal), faster on a CPU: the five local moments are filtered by
     the separable Gaussian as two matrix products with banded matrices, which BLAS runs far faster
-    than small depthwise convolutions (forward and backward of a (32, 1, 128, 128) pair on 2 cores:
-    42 ms against kornia's 292 ms, measured once while writing it). Computed in float32.
+    than small depthwise convolutions (``benchmarks/README.md``). Computed in float32.
     """
     if window % 2 == 0:
         raise ValueError(f"window must be odd, got {window}")
@@ -134,9 +133,7 @@ class MultiTaskLoss(nn.Module):
 
     ``depth_scale`` < 1 scores depth on both maps area-shrunk by that factor. With ``unshuffle=2``
     the depth head works at half size and is upsampled; at full size the SSIM and gradient terms
-    chase edges that an upsampled map cannot draw, and cost more. On the sample profile, 0.5 made
-    a step cheaper (0.51 against 0.59 s, one measurement each) with no worse depth after 300 steps
-    (RMSE 0.101 against 0.105 on unseen rooms; ``book/results.md``).
+    chase edges that an upsampled map cannot draw, and cost more (``benchmarks/README.md``).
     """
 
     def __init__(self, depth: str = "dense-depth", weighting: str = "fixed", w_mask: float = 1.0,
@@ -157,10 +154,11 @@ class MultiTaskLoss(nn.Module):
         self.log_vars = nn.Parameter(torch.zeros(2)) if weighting == "uncertainty" else None
 
     def forward(self, out: dict[str, torch.Tensor], mask: torch.Tensor,
-                depth: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+                depth: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """out: the model's dict, ``mask`` logits and ``depth`` (N, 1, H, W); mask, depth: targets
-        (N, 1, H, W) in 0..1. Returns (total, {"mask": float, "depth": float}): the scalar loss to
-        backpropagate and the unweighted parts as Python floats.
+        (N, 1, H, W) in 0..1. Returns (total, {"mask": ..., "depth": ...}): the scalar loss to
+        backpropagate and the unweighted parts, detached 0-dim tensors on the loss's device (reading
+        one as a number, ``float(part)``, waits for the GPU: training does it once per log line).
         """
         lm = mask_loss(out["mask"].float(), mask, self.edge_weight)
         pred = out["depth"].float()
@@ -173,4 +171,4 @@ class MultiTaskLoss(nn.Module):
         else:
             s = self.log_vars
             total = torch.exp(-s[0]) * lm + s[0] + torch.exp(-s[1]) * ld + s[1]
-        return total, {"mask": float(lm.detach()), "depth": float(ld.detach())}
+        return total, {"mask": lm.detach(), "depth": ld.detach()}

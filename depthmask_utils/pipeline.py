@@ -47,7 +47,7 @@ def ensure_dataset(profile: Profile, root: str | Path = "../data", bg_dir=None, 
     generate(bg_dir, fg_dir, paths["dataset"], size=profile.size, placements=profile.placements,
              scale=profile.scale, seed=profile.seed, jpeg_quality=profile.jpeg_quality,
              jpeg_chroma=profile.jpeg_chroma, progress=progress, floor_dir=floor_dir, placement=placement,
-             floor_teacher=profile.network_teacher, log=log)
+             floor_teacher=profile.network_teacher, min_composites=profile.min_composites, log=log)
     return paths["dataset"]
 
 
@@ -68,7 +68,8 @@ def check_dataset_matches(profile: Profile, dataset: str | Path, bg_dir=None, fg
             raise DatasetError(f"{dataset}: was made from {inputs[f'{kind}_dir']}, not from {Path(given).resolve()}; "
                                "use a fresh data_root for your own photos (or delete the folder to rebuild it)")
     made = read_params(dataset)
-    wanted = {"size": profile.size, "placements": profile.placements, "scale": list(profile.scale),
+    counts = read_json(Path(dataset) / DATASET_JSON)["counts"]
+    wanted = {"size": profile.size, "placements": profile.placements_for(counts["bg"], counts["fg"]), "scale": list(profile.scale),
               "seed": profile.seed, "jpeg_quality": profile.jpeg_quality, "jpeg_chroma": profile.jpeg_chroma}
     differs = [f"{k} {made.get(k)!r} (profile {profile.name!r}: {v!r})" for k, v in wanted.items() if made.get(k) != v]
     if differs:
@@ -99,7 +100,7 @@ def ensure_depth(profile: Profile, root: str | Path = "../data", progress: bool 
         teacher, why = labelling_teacher(profile, dataset)
         log(f"depth labels: {why}")
         label_depth(dataset, **{"teacher": teacher, "mode": profile.depth_mode, "batch_size": profile.batch_size,
-                                "input_size": profile.teacher_input, "progress": progress, "profile": profile.name,
+                                "input_size": profile.teacher_input, "progress": progress, "profile": profile,
                                 **label_kwargs})
     return dataset
 
@@ -171,16 +172,17 @@ def stage_locally(dataset: str | Path, local_root: str | Path, log=print) -> Pat
     return target
 
 
-def ensure_run(profile: Profile, root: str | Path = "../data", log=print, **overrides) -> Path:
+def ensure_run(profile: Profile, root: str | Path = "../data", log=print, sets=(), **overrides) -> Path:
     """A trained run of ``profile`` (chapter 10): trains, resumes, or returns the finished one.
 
     Always goes through :func:`train`, which returns at once for a finished run of the same
     configuration and refuses a run folder made by another one (an older profile's model is not
-    scored silently).
+    scored silently). ``sets``/``overrides`` change training values by :func:`config.train_config`'s rule.
     """
-    from .train import TrainConfig, train
+    from .config import train_config
+    from .train import train
 
     dataset = ensure_stats(profile, root)
     run = data_paths(profile, root)["run"]
-    train(dataset, run, TrainConfig.from_dict({**profile.train, **overrides}), progress=False, log=log)
+    train(dataset, run, train_config(profile, sets, **overrides), progress=False, log=log)
     return run

@@ -1,4 +1,4 @@
-"""Which floating-point type the forward pass runs in, on the device at hand (chapters 04 and 10).
+"""The device to run on, and which floating-point type the forward pass runs in there (chapters 04 and 10).
 
 Mixed precision pays only where the hardware multiplies the smaller type natively:
 
@@ -13,6 +13,8 @@ Mixed precision pays only where the hardware multiplies the smaller type nativel
 from __future__ import annotations
 
 import torch
+
+from .errors import DeviceUnavailable
 
 
 def cpu_has_bf16() -> bool:
@@ -39,3 +41,16 @@ def amp_dtype(device: torch.device) -> torch.dtype:
 def describe(device: torch.device, enabled: bool) -> str:
     """One line for logs: the precision of the forward pass on ``device``."""
     return f"forward pass in {amp_dtype(device) if enabled else torch.float32} on {device}"
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """``"auto"``: CUDA if available, else CPU; ``"cuda"``: GPU ``local_rank`` (DeviceUnavailable if there is
+    none); any other name as given.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+        return torch.device("cuda", local_rank)
+    return torch.device(device)

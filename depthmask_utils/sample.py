@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .config import from_profile
 from .parallel import run_tasks
 from .storage import atomic_write_json
 
@@ -516,9 +517,12 @@ def _write_room(task: tuple[str, int, int, int, int]) -> int:
     return i
 
 
-def make_sample_world(out: str | Path, n_bg: int = 8, n_fg: int = 8, size: int = 160, seed: int = 0,
-                      n_plain: int | None = None, workers: int | None = None) -> dict:
+def make_sample_world(out: str | Path, n_bg: int | None = None, n_fg: int | None = None, size: int | None = None,
+                      seed: int | None = None, n_plain: int | None = None, workers: int | None = None,
+                      profile: str = "sample") -> dict:
     """Write the sample world to ``out`` (layout in the module docstring) and return its summary.
+
+    Counts, photo height (``size``: the profile's ``world_size``) and seed left None are ``profile``'s.
 
     ``size`` is the photo height; photos are 4:3 so chapter 02 has something to crop. The last
     ``n_plain`` figures (default: one in eight, at least one) are saved on a plain backdrop with no
@@ -526,6 +530,7 @@ def make_sample_world(out: str | Path, n_bg: int = 8, n_fg: int = 8, size: int =
     rendered in ``workers`` processes (default: all cores); each depends only on its seed, so the
     files are the same for any number of workers.
     """
+    n_bg, n_fg, size, seed = from_profile(profile, n_bg=n_bg, n_fg=n_fg, world_size=size, seed=seed)
     out = Path(out)
     if n_bg < 1 or n_fg < 1 or size < 32:
         raise ValueError("sample world needs n_bg >= 1, n_fg >= 1 and size >= 32")

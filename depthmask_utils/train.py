@@ -7,7 +7,7 @@ in the run folder::
     RUN/split.json         the backgrounds and foregrounds of train / val / test
     RUN/checkpoints/last.pt  model, optimizer, scheduler, scaler, RNG, step, position in the epoch
     RUN/history.csv        one row per epoch: losses, learning rate, validation metrics, seconds
-    RUN/steps.csv          one row per step: loss, its mask and depth parts, learning rate
+    RUN/steps.csv          one row per ``log_every`` steps: mean loss, its mask and depth parts, learning rate
     RUN/model.pt           the final weights with the model's name, options and normalisation
     RUN/tb/                TensorBoard logs (``tensorboard --logdir RUN/tb``)
 
@@ -22,94 +22,25 @@ each process takes every N-th batch of the same order, rank 0 writes the run fol
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import distributed
-from .data import (GEOMETRIES, CompositeDataset, EpochBatchSampler, OnTheFlyDataset, augment_batch, make_loader,
+from .checkpoint import (RUN_FORMAT, RunError, load_checkpoint, prepare_run, read_history,  # noqa: F401
+                         rng_state, save_checkpoint, set_rng_state, write_history)
+from .config import TrainConfig
+from .augment import augment_batch
+from .data import (CompositeDataset, EpochBatchSampler, OnTheFlyDataset, make_loader,
                    to_inputs)
-from .dataset import Split, make_split, read_info
-from .errors import DepthmaskError
+from .dataset import make_split, read_info
 from .losses import MultiTaskLoss
 from .metrics import all_metrics, iou, rmse
 from .models import build_model, count_parameters
-from .precision import amp_dtype, cpu_has_bf16  # noqa: F401  (part of train's interface)
+from .precision import amp_dtype, cpu_has_bf16, resolve_device  # noqa: F401  (part of train's interface)
 from .stats import load_stats
-from .storage import atomic_write_bytes, atomic_write_json
-
-RUN_FORMAT = "depthmask-run/1"
-
-
-class RunError(DepthmaskError):
-    """A run folder that cannot be used: another configuration, a bad checkpoint."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides the weights a run ends with (``workers`` and ``device`` do not)."""
-    model: str = "small-unet"
-    epochs: int = 8
-    samples_per_epoch: int | None = None  # None: every training composite; else a fresh subset each epoch
-    val_samples: int | None = None  # None: validate on the whole val split; else on this many, spread over it
-    sizes: tuple[int, ...] = (64, 96, 128)  # progressive resizing: the epochs are split evenly over these
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    clip: float = 1.0
-    seed: int = 0
-    depth_loss: str = "dense-depth"
-    weighting: str = "fixed"
-    w_mask: float = 1.0
-    w_depth: float = 1.0
-    depth_scale: float = 1.0  # the depth loss on maps area-shrunk by this factor (MultiTaskLoss)
-    edge_weight: float = 1.0  # mask BCE counted this many times within a pixel of the soft edge (losses.mask_loss)
-    augment: bool = True
-    geometry: str = "affine"  # augment_batch's geometry: "affine" (flip, shift, scale, rotate) or "flip"
-    on_the_fly: bool = False
-    pretrained: bool = False
-    model_options: dict = field(default_factory=dict)
-    split: dict = field(default_factory=lambda: {"val": 0.15, "test": 0.15, "heldout_fg": 0.15})
-    checkpoint_every: int = 100
-    amp: bool = True  # mixed precision: on CUDA, and bfloat16 on a CPU that computes it natively (cpu_has_bf16)
-    channels_last: bool = True
-    workers: int = 2
-    device: str = "auto"
-
-    RUNTIME = ("workers", "device", "checkpoint_every")  # may differ between a run and its resume
-
-    def __post_init__(self):
-        if self.geometry not in GEOMETRIES:  # caught here, before a run folder is made
-            raise ValueError(f"geometry must be one of {', '.join(GEOMETRIES)}, not {self.geometry!r}")
-        if self.val_samples is not None and self.val_samples < 1:
-            raise ValueError(f"val_samples must be at least 1 (or None for the whole val split), not {self.val_samples}")
-
-    def size_at(self, epoch: int) -> int:
-        """Training side for ``epoch`` under progressive resizing."""
-        return self.sizes[min(len(self.sizes) - 1, epoch * len(self.sizes) // max(1, self.epochs))]
-
-    def identity(self) -> dict:
-        """The fields that decide the weights (all but ``RUNTIME``), JSON-ready with ``sizes`` as a list:
-        what ``config.json`` records and a resume must match.
-        """
-        d = asdict(self)
-        d["sizes"] = list(self.sizes)
-        return {k: v for k, v in d.items() if k not in self.RUNTIME}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        """A config from a dict such as ``config.json``'s; unknown keys are ignored, ``sizes`` becomes a tuple."""
-        names = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
-        if "sizes" in d:
-            d["sizes"] = tuple(d["sizes"])
-        return cls(**d)
-
 
 @dataclass
 class TrainResult:
@@ -136,110 +67,14 @@ class TrainResult:
 
 # --------------------------------------------------------------------------- helpers
 
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """``"auto"``: CUDA if available, else CPU; ``"cuda"``: GPU ``local_rank`` (RunError if there is
-    none); any other name as given.
-    """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RunError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
-        return torch.device("cuda", local_rank)
-    return torch.device(device)
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """``torch.save`` to a temporary name, then rename: a killed run never leaves half a file."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint or model file, loaded with ``weights_only=True``; bad files named clearly."""
-    path = Path(path)
-    if not path.exists():
-        raise RunError(f"{path}: missing")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, pickle from elsewhere, not a torch file at all
-        raise RunError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
-    if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
-        raise RunError(f"{path}: not a depthmask checkpoint (no format {RUN_FORMAT!r}) - was it written by another program?")
-    return state
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _prepare_run(run: Path, dataset: Path, config: TrainConfig, split: Split, world: int = 1,
-                 precision: str = "torch.float32") -> None:
-    """Create the run folder, or check that an existing one was made by the same configuration.
-
-    ``config.json`` records the number of processes (``world_size``) and the forward pass's
-    precision. A resume with another number of processes is refused: each process's share of an
-    epoch, the schedule's length and the position in the epoch all depend on it.
-    """
-    wanted = {"format": RUN_FORMAT, "dataset": str(dataset.resolve()), "config": config.identity(), "world_size": world,
-              "precision": precision}
-    path = run / "config.json"
-    if path.exists():
-        have = json.loads(path.read_text())
-        if have.get("world_size", 1) != world:
-            raise RunError(f"{run}: was trained with {have.get('world_size', 1)} process(es), not {world}; resume it "
-                           f"with torchrun --nproc-per-node={have.get('world_size', 1)} (or train into a new --out folder)")
-        # a key added to TrainConfig after the run was made takes its default: old runs still resume
-        have["config"] = {**TrainConfig().identity(), **have.get("config", {})}
-        diff = sorted(k for k in set(have["config"]) | set(wanted["config"])
-                      if have["config"].get(k) != wanted["config"].get(k))
-        if have.get("dataset") != wanted["dataset"]:
-            diff.insert(0, f"dataset ({have.get('dataset')} -> {wanted['dataset']})")
-        if diff:
-            raise RunError(f"{run}: holds a run with another configuration (differs in: {', '.join(diff)}); "
-                           "use a new --out folder, or delete this one to start over")
-        return
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, wanted)
-    atomic_write_json(run / "split.json", split.as_dict())
-
-
-HISTORY_FIELDS = ["epoch", "step", "size", "lr", "train_loss", "train_mask_loss", "train_depth_loss",
-                  "val_mask_iou", "val_depth_rmse", "seconds"]
-
-
-def _write_history(run: Path, history: list[dict], steps_log: list[list]) -> None:
-    """``history.csv`` (per epoch) and ``steps.csv`` (per step: loss, its parts, learning rate)."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, HISTORY_FIELDS, lineterminator="\n")
-    w.writeheader()
-    w.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in h.items()} for h in history)
-    atomic_write_bytes(run / "history.csv", buf.getvalue().encode())
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["step", "loss", "mask_loss", "depth_loss", "lr"])
-    w.writerows(steps_log)
-    atomic_write_bytes(run / "steps.csv", buf.getvalue().encode())
-
-
 @torch.no_grad()
 def evaluate_loader(model: torch.nn.Module, loader, device: torch.device,
-                    every_metric: bool = False) -> dict[str, torch.Tensor]:
+                    every_metric: bool = False, criterion: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Per-image metrics over every batch of ``loader``, concatenated: ``mask_iou`` and ``depth_rmse``
-    (what ``history.csv`` records), or every metric of :func:`metrics.all_metrics` with ``every_metric``.
+    (what ``history.csv`` records), or every metric of :func:`metrics.all_metrics` with ``every_metric``;
+    with a ``criterion``, also ``loss``: each image's batch loss, so their mean is the loss over the set.
 
-    The two alone keep the validation after each epoch cheap: on the sample profile (840 composites
-    at 128 px, 2 CPU cores) a pass took 13 s with every metric and 5 s with these two.
+    The two metrics alone keep the validation after each epoch cheap (``benchmarks/README.md``).
     """
     was = model.training
     model.eval()
@@ -250,20 +85,24 @@ def evaluate_loader(model: torch.nn.Module, loader, device: torch.device,
         prob, depth = torch.sigmoid(out["mask"].float()), out["depth"].float()
         m = (all_metrics(prob, x["mask"], depth, x["depth"]) if every_metric else
              {"mask_iou": iou(prob, x["mask"]), "depth_rmse": rmse(depth, x["depth"])})
+        if criterion is not None:  # the training loss on images the model never trains on
+            m["loss"] = criterion(out, x["mask"], x["depth"])[0].detach().float().expand(len(prob))
         for k, v in m.items():
             parts.setdefault(k, []).append(v.cpu())
     model.train(was)
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def validate(model: torch.nn.Module, loader, device: torch.device) -> dict[str, float]:
-    """``val_mask_iou`` and ``val_depth_rmse``: means over the validation composites. Under torchrun each
-    process scores its share (``loader``'s) and the sums are added up, so every process gets the mean
-    one process would over them all."""
-    m = evaluate_loader(model, loader, device)
-    iou_sum, rmse_sum, n = distributed.sum_over_processes(
-        [float(m["mask_iou"].double().sum()), float(m["depth_rmse"].double().sum()), len(m["mask_iou"])], device)
-    return {"val_mask_iou": iou_sum / n, "val_depth_rmse": rmse_sum / n}
+def validate(model: torch.nn.Module, loader, device: torch.device,
+             criterion: torch.nn.Module | None = None) -> dict[str, float]:
+    """``val_mask_iou`` and ``val_depth_rmse`` (and ``val_loss``, the training loss, with a
+    ``criterion``): means over the validation composites. Under torchrun each process scores its
+    share (``loader``'s) and the sums are added up, so every process gets the mean one process
+    would over them all."""
+    m = evaluate_loader(model, loader, device, criterion=criterion)
+    names = ["mask_iou", "depth_rmse"] + (["loss"] if criterion is not None else [])
+    *sums, n = distributed.sum_over_processes([float(m[k].double().sum()) for k in names] + [len(m["mask_iou"])], device)
+    return {f"val_{k}": total / n for k, total in zip(names, sums)}
 
 
 def validation_items(items: list, n: int | None) -> list:
@@ -271,9 +110,8 @@ def validation_items(items: list, n: int | None) -> list:
     at least their number.
 
     The val split lists its composites room by room, so an even spread keeps every validation room
-    and person in the sample. The validation after each epoch only reports; on the sample profile
-    all 840 val composites took 6 s a pass on 2 CPU cores, 320 took 2.4 s: seconds a 5-minute
-    budget gives to training steps instead.
+    and person in the sample. The validation after each epoch only reports, so a sample of it saves
+    seconds that a time budget gives to training steps instead.
     """
     if n is None or n >= len(items):
         return list(items)
@@ -326,7 +164,8 @@ def train_step(net: torch.nn.Module, criterion: torch.nn.Module, opt: torch.opti
     """One optimisation step, as :func:`train` takes it: augment (draws from ``generator``), forward
     (autocast where :func:`amp_enabled`), loss, backward, gradient clipping, update. The scheduler is the caller's.
 
-    ``batch``: the loader's uint8 (B, C, S, S) tensors. Returns (loss detached, {"mask", "depth"} parts).
+    ``batch``: the loader's uint8 (B, C, S, S) tensors. Returns (loss, {"mask", "depth"} parts), detached
+    0-dim tensors on ``device``: nothing here waits for the GPU to finish the step.
     """
     if config.augment:
         batch = augment_batch({k: v.to(device) for k, v in batch.items()}, generator, geometry=config.geometry)
@@ -368,8 +207,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
     dataset, run = Path(dataset), Path(run)
     check_labels(read_info(dataset, need_depth=True), dataset, allow_random_labels)
     rank, world, local_rank = distributed.environment()
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() and config.device != "cpu" else "gloo")
+    distributed.init(world, torch.cuda.is_available() and config.device != "cpu")
     device = resolve_device(config.device, local_rank)
     cuda = device.type == "cuda"
     if cuda:  # this process's GPU for everything that names no device: RNG, probes, NCCL
@@ -380,7 +218,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
     stats = load_stats(dataset)
     split = make_split(info["counts"]["bg"], info["counts"]["fg"], config.seed, **config.split)
     precision = str(amp_dtype(device) if amp_enabled(device, config) else torch.float32)
-    distributed.on_first_process(lambda: _prepare_run(run, dataset, config, split, world, precision), rank, RunError)
+    distributed.on_first_process(lambda: prepare_run(run, dataset, config, split, world, precision), rank, RunError)
 
     model = build_model(config.model, stats=stats, pretrained=config.pretrained, **config.model_options).to(device)
     if config.channels_last:  # faster convolutions on GPUs and, with oneDNN, on CPUs too
@@ -408,16 +246,14 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
-        _set_rng_state(ck["rng"])
+        set_rng_state(ck["rng"])
         step, epoch0, batch0, history = ck["step"], ck["epoch"], ck["batch"], ck["history"]
         sums = ck["sums_by_rank"][rank] if "sums_by_rank" in ck else ck["sums"]  # each process's own running sums
         steps_log = ck["steps_log"]
         resumed_from = step
         if rank == 0 and epoch0 < config.epochs:  # a finished run returns without a word
             log(f"resuming {run} at epoch {epoch0 + 1}, step {step}")
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
+    net = distributed.wrap(model, local_rank if cuda else None)  # the model itself with one process
 
     def checkpoint(epoch: int, batch: int) -> None:  # called by every process: it gathers their loss sums
         by_rank = distributed.gather(list(sums))
@@ -426,7 +262,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
         save_checkpoint(ckpt_path, {"format": RUN_FORMAT, "kind": "checkpoint", "model": model.state_dict(),
                                     "criterion": criterion.state_dict(), "optimizer": opt.state_dict(),
                                     "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                                    "rng": _rng_state(), "step": step, "epoch": epoch, "batch": batch,
+                                    "rng": rng_state(), "step": step, "epoch": epoch, "batch": batch,
                                     "history": history, "sums": list(sums), "sums_by_rank": by_rank,
                                     "steps_log": steps_log})
 
@@ -441,12 +277,13 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
     final_size = config.sizes[-1]
     val_items = validation_items(CompositeDataset(dataset, "val", split_spec=split).items, config.val_samples)
     val_loader = make_loader(CompositeDataset(dataset, distributed.shard(val_items, rank, world), final_size), 64,
-                             workers=0)
+                             workers=0, pin_memory=cuda)
     t_start = time.perf_counter()
     for epoch in range(epoch0, config.epochs):
         size = config.size_at(epoch)
-        loader = make_loader(Data(dataset, train_items, size, split_spec=split), config.batch_size, True,
-                             config.workers, config.seed, True, rank=rank, world=world, limit=config.samples_per_epoch)
+        loader = make_loader(Data(dataset, train_items, size, seed=config.seed, split_spec=split), config.batch_size,
+                             True, config.workers, config.seed, True, pin_memory=cuda, rank=rank, world=world,
+                             limit=config.samples_per_epoch)
         start = batch0 if epoch == epoch0 else 0
         if start == 0:
             sums = [0.0, 0.0, 0.0, 0]
@@ -455,27 +292,42 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
         bar = tqdm(total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{config.epochs} @{size}px",
                    unit="step", disable=not progress or rank != 0, leave=False)
         net.train()
+        window, in_window = torch.zeros(3, dtype=torch.float64, device=device), 0  # loss, mask, depth since the last line
+
+        def flush() -> None:  # one read of the device per log line, not four per step
+            nonlocal sums, in_window
+            if in_window:
+                loss_sum, mask_sum, depth_sum = window.tolist()
+                sums = [sums[0] + loss_sum, sums[1] + mask_sum, sums[2] + depth_sum, sums[3] + in_window]
+                steps_log.append([step, round(loss_sum / in_window, 5), round(mask_sum / in_window, 5),
+                                  round(depth_sum / in_window, 5), float(sched.get_last_lr()[0])])
+                if writer is not None:
+                    writer.add_scalar("train/loss", sums[0] / sums[3], step)
+                bar.set_postfix(loss=f"{sums[0] / sums[3]:.3f}")
+                window.zero_()
+                in_window = 0
+
         for b, batch in enumerate(loader, start=start):
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)  # a resume redraws the same
             loss, parts = train_step(net, criterion, opt, scaler, batch, config, device, gen)
             sched.step()
             step += 1
-            sums = [sums[0] + float(loss.detach()), sums[1] + parts["mask"], sums[2] + parts["depth"], sums[3] + 1]
-            steps_log.append([step, round(float(loss.detach()), 5), round(parts["mask"], 5), round(parts["depth"], 5),
-                              float(sched.get_last_lr()[0])])
-            if writer is not None:
-                writer.add_scalar("train/loss", sums[0] / sums[3], step)
+            window += torch.stack([loss, parts["mask"], parts["depth"]]).double()
+            in_window += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{sums[0] / sums[3]:.3f}")
+            if step % config.log_every == 0:
+                flush()
             if b + 1 < steps_per_epoch and step % config.checkpoint_every == 0:
+                flush()  # the checkpoint holds complete sums, and an uninterrupted run logs the same lines
                 checkpoint(epoch, b + 1)
+        flush()
         bar.close()
         total = distributed.sum_over_processes(sums, device)  # the loss of every process, not the first's
         row = {"epoch": epoch + 1, "step": step, "size": size, "lr": float(sched.get_last_lr()[0]),
                "train_loss": total[0] / max(1, total[3]), "train_mask_loss": total[1] / max(1, total[3]),
                "train_depth_loss": total[2] / max(1, total[3])}
         distributed.broadcast_buffers(model)  # process 0's running statistics, which model.pt keeps
-        row.update(validate(model, val_loader, device), seconds=round(time.perf_counter() - t_epoch, 2))
+        row.update(validate(model, val_loader, device, criterion), seconds=round(time.perf_counter() - t_epoch, 2))
         if rank == 0:
             history.append(row)
             log(f"epoch {epoch + 1}/{config.epochs} @{size}px: loss {row['train_loss']:.4f} "
@@ -486,24 +338,12 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
                     writer.add_scalar(k.replace("_", "/", 1), row[k], step)
         checkpoint(epoch + 1, 0)
         if rank == 0:
-            _write_history(run, history, steps_log)
-        if world > 1:
-            torch.distributed.barrier()
+            write_history(run, history, steps_log)
+        distributed.barrier()
     if rank == 0:
-        _write_history(run, history, steps_log)  # again: a run killed right after its last checkpoint
+        write_history(run, history, steps_log)  # again: a run killed right after its last checkpoint
         save_checkpoint(run / "model.pt", model_file(model, config, stats, final_size))
         if writer is not None:
             writer.close()
-    if world > 1:
-        torch.distributed.barrier()
+    distributed.barrier()
     return TrainResult(run, history, step, time.perf_counter() - t_start, resumed_from, count_parameters(model))
-
-
-def read_history(run: str | Path):
-    """``RUN/history.csv`` as a pandas DataFrame (one row per epoch)."""
-    import pandas as pd
-
-    path = Path(run) / "history.csv"
-    if not path.exists():
-        raise RunError(f"{path}: missing - has this run finished an epoch?")
-    return pd.read_csv(path)

@@ -1,11 +1,13 @@
 """The pieces of the benchmarks that compute a figure, checked on inputs with a known answer."""
 
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from mask_ceiling import jpeg_roundtrip, oracle_alpha  # noqa: E402
 
 
@@ -26,20 +28,7 @@ def test_oracle_alpha_recovers_the_blend_and_jpeg_disturbs_it():
     assert err["420"] > err["444"] > np.abs(a - alpha).mean()
 
 
-def test_train_benchmark_set_applies_values_through_the_config():
-    import argparse
-
-    import pytest
-    from train import apply_sets
-
-    from depthmask_utils.train import TrainConfig
-
-    ap = argparse.ArgumentParser()
-    base = TrainConfig(model_options={"base": 16, "unshuffle": 2}, workers=1)
-    cfg = apply_sets(ap, base, ["edge_weight=5", "model_options.refine=8", "sizes=[64,128]", "geometry=flip"])
-    assert cfg.edge_weight == 5 and cfg.sizes == (64, 128) and cfg.geometry == "flip"
-    assert cfg.model_options == {"base": 16, "unshuffle": 2, "refine": 8} and cfg.workers == 1
-    assert base.edge_weight == 1 and "refine" not in base.model_options  # the profile's config is left alone
-    for bad in (["workers=4"], ["no_such=1"], ["model_options={}"], ["edge_weight"], ["geometry=warp"]):
-        with pytest.raises(SystemExit):  # argparse's error: a message and exit code 2
-            apply_sets(ap, base, bad)
+def test_train_benchmark_rejects_an_unknown_set_in_one_line():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train.py"), "--set", "no_such=1"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "no_such: not a training value" in result.stderr

@@ -178,6 +178,7 @@ def test_committed_chapter_is_clean(path):
 def test_clean_executed_strips_run_metadata(tmp_path):
     nb = _notebook([("x = 1", ["injected-parameters"]), ("y = 2", [])])
     nb["metadata"]["papermill"] = {"input_path": "/home/me/secret"}
+    nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
     nb["cells"][1]["metadata"]["execution"] = {"iopub.status.busy": "2026-01-01"}
     nb["cells"][1]["outputs"] = [{"output_type": "stream", "name": "stderr", "text": "10%|#"}]
     p = tmp_path / "n.ipynb"
@@ -185,5 +186,17 @@ def test_clean_executed_strips_run_metadata(tmp_path):
     problems = course.clean_executed(p)
     cleaned = json.loads(p.read_text())
     assert problems == ["cell 0: stream stderr"]
-    assert "papermill" not in cleaned["metadata"] and len(cleaned["cells"]) == 1
+    assert "papermill" not in cleaned["metadata"] and "widgets" not in cleaned["metadata"] and len(cleaned["cells"]) == 1
     assert "execution" not in cleaned["cells"][0]["metadata"]
+
+
+def test_course_commands_outside_a_checkout_say_what_they_need(tmp_path, capsys):
+    from depthmask_utils import cli
+    from depthmask_utils.course import CheckoutNeeded, chapters, repository
+
+    with pytest.raises(CheckoutNeeded, match="no chapter notebooks.*git clone"):
+        chapters(tmp_path)
+    with pytest.raises(CheckoutNeeded, match="_config.yml: the book's configuration not found"):
+        repository(tmp_path / "_config.yml")
+    assert cli.main(["run", "--notebooks", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "checkout of the course" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from depthmask_utils import augment as A
 from depthmask_utils import data as Dt
 from depthmask_utils.dataset import member, read_composites
 from depthmask_utils.errors import DatasetError
@@ -69,7 +70,7 @@ def test_joint_augmentation_keeps_the_four_images_aligned(labelled):
     ds = Dt.CompositeDataset(labelled, "train")
     b = ds[list(range(8))]
     gen = torch.Generator().manual_seed(0)
-    out = Dt.augment_batch(b, gen, jitter=0.0)
+    out = A.augment_batch(b, gen, jitter=0.0)
     assert {k: v.dtype for k, v in out.items()} == {k: torch.uint8 for k in b}
     assert any(not torch.equal(out[k], b[k]) for k in b)
     # Where the warped mask is empty, the warped composite is the warped background (JPEG aside).
@@ -78,20 +79,30 @@ def test_joint_augmentation_keeps_the_four_images_aligned(labelled):
     assert diff[outside].mean() < 4
     # Identity parameters change nothing; a flip alone is torch.flip.
     ident = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(8, 2, 3)
-    assert all(torch.equal(Dt.warp(b, ident)[k], b[k]) for k in b)
+    assert all(torch.equal(A.warp(b, ident)[k], b[k]) for k in b)
     flip = torch.tensor([[-1.0, 0, 0], [0, 1.0, 0]]).expand(8, 2, 3)
-    assert all(torch.equal(Dt.warp(b, flip)[k], b[k].flip(-1)) for k in b)
+    assert all(torch.equal(A.warp(b, flip)[k], b[k].flip(-1)) for k in b)
+
+
+def test_warped_depth_takes_only_values_that_exist_and_the_mask_stays_soft():
+    depth = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
+    depth[..., 4:12, 4:12] = 200  # a person at 200 in front of a wall at 0
+    mask = (depth > 0).to(torch.uint8) * 255
+    theta = torch.tensor([[[0.97, 0.05, 0.03], [-0.05, 0.97, 0.02]]])  # a small rotation and shift
+    out = A.warp({"depth": depth, "mask": mask}, theta)
+    assert set(out["depth"].unique().tolist()) <= {0, 200}  # nearest: no depth between person and wall
+    assert len(set(out["mask"].unique().tolist()) - {0, 255}) > 0  # bilinear: the outline stays soft
 
 
 def test_flip_geometry_moves_whole_pixels(labelled):
     b = Dt.CompositeDataset(labelled, "train")[list(range(8))]
-    out = Dt.augment_batch(b, torch.Generator().manual_seed(0), jitter=0.0, geometry="flip")
+    out = A.augment_batch(b, torch.Generator().manual_seed(0), jitter=0.0, geometry="flip")
     flipped = [all(torch.equal(out[k][i], b[k][i].flip(-1)) for k in b) for i in range(8)]
     kept = [all(torch.equal(out[k][i], b[k][i]) for k in b) for i in range(8)]
     # Each sample is mirrored whole or left alone (no resampling); both happen in a batch of 8.
     assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
     with pytest.raises(ValueError, match="geometry must be one of affine, flip"):
-        Dt.augment_batch(b, geometry="rotate")
+        A.augment_batch(b, geometry="rotate")
     # The dataset's own augmentation takes the same option: each sample mirrored whole or left alone.
     aug = Dt.CompositeDataset(labelled, "train", augment=True, geometry="flip")[list(range(8))]
     assert all(torch.equal(aug["mask"][i], b["mask"][i]) or torch.equal(aug["mask"][i], b["mask"][i].flip(-1))
@@ -102,7 +113,7 @@ def test_flip_geometry_moves_whole_pixels(labelled):
 
 def test_color_jitter_is_the_same_on_both_inputs():
     x = torch.rand(4, 3, 16, 16) * 255
-    a, b = Dt.color_jitter(x, x.clone(), torch.Generator().manual_seed(1))
+    a, b = A.color_jitter(x, x.clone(), torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.allclose(a, x)
     # With a person in the composite, its background pixels still match the jittered background
     # exactly, in float and in uint8: the difference image stays zero outside the person.
@@ -110,7 +121,7 @@ def test_color_jitter_is_the_same_on_both_inputs():
         bg = (torch.rand(4, 3, 16, 16) * 200).to(dtype)
         fg_bg = bg.clone()
         fg_bg[:, :, 4:12, 6:10] = 250
-        a, b = Dt.color_jitter(fg_bg, bg, torch.Generator().manual_seed(2))
+        a, b = A.color_jitter(fg_bg, bg, torch.Generator().manual_seed(2))
         outside = torch.ones(16, 16, dtype=torch.bool)
         outside[4:12, 6:10] = False
         assert torch.equal(a[..., outside], b[..., outside])
@@ -127,6 +138,14 @@ def test_on_the_fly_draws_new_placements_each_epoch(labelled):
     # The composite equals the background wherever the mask is empty, exactly (no JPEG here).
     out = first["mask"][:, 0] == 0
     assert torch.equal(first["fg_bg"].permute(0, 2, 3, 1)[out], first["bg"].permute(0, 2, 3, 1)[out])
+
+
+def test_on_the_fly_placements_follow_the_seed(labelled):
+    from depthmask_utils.dataset import dataset_split
+
+    split = dataset_split(labelled, 0)  # the same items for both seeds: only the placements may differ
+    a, b, c = (Dt.OnTheFlyDataset(labelled, "train", seed=s, split_spec=split)[(0, [0, 1, 2])] for s in (0, 1, 0))
+    assert torch.equal(a["mask"], c["mask"]) and not torch.equal(a["mask"], b["mask"])
 
 
 def test_missing_member_and_unlabelled_dataset_are_named(labelled, built, tmp_path):
@@ -148,3 +167,18 @@ def test_samples_per_epoch_takes_a_fresh_subset_each_epoch():
     s.set_epoch(1)
     b = {i for _, b in s for i in b}
     assert len(a) == len(b) == 30 and a != b
+
+
+def test_a_dataset_closes_its_shards_and_reopens_them_on_the_next_read(labelled):
+    import os
+
+    with Dt.CompositeDataset(labelled, "train") as ds:
+        first = ds[0]
+        fds = [h._fd for h in ds._zips.values()]
+        assert fds and all(os.fstat(fd) for fd in fds)  # open while in use
+    assert ds._zips == {}
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed by the with block
+    assert torch.equal(ds[0]["fg_bg"], first["fg_bg"])  # usable again after close
+    ds.close()

@@ -28,7 +28,10 @@ def test_boundary_f():
     t[..., 8:24, 8:24] = 1
     assert M.boundary_f(t, t).item() == 1.0
     shifted = torch.roll(t, 1, -1)
-    assert M.boundary_f(shifted, t).item() == 1.0  # within the 2-px tolerance
+    assert M.boundary_f(shifted, t).item() == 1.0  # within the 1-px tolerance of a 32-px image
+    two = torch.roll(t, 2, -1)
+    assert M.boundary_f(two, t).item() < 0.8 and M.boundary_f(two, t, tolerance=2).item() == 1.0
+    assert [M.boundary_tolerance(s, s) for s in (64, 128, 224, 480)] == [1, 1, 3, 5]  # DAVIS's 0.008 x diagonal
     far = torch.roll(t, 6, -1)
     assert M.boundary_f(far, t).item() < 0.6
     assert M.boundary(t).sum() == 4 * 15  # the 1-px ring of a 16 x 16 square
@@ -77,9 +80,9 @@ def test_depth_scale_scores_the_area_averaged_maps():
     mask, depth = (torch.rand(2, 1, 32, 32, generator=g) > 0.5).float(), torch.rand(2, 1, 32, 32, generator=g)
     total, parts = L.MultiTaskLoss(depth_scale=0.5)(out, mask, depth)
     pooled = torch.nn.functional.avg_pool2d
-    assert parts["depth"] == pytest.approx(float(L.dense_depth_loss(pooled(out["depth"], 2), pooled(depth, 2))), rel=1e-5)
-    assert parts["mask"] == pytest.approx(float(L.mask_loss(out["mask"], mask)), rel=1e-6)  # the mask stays at full size
-    assert parts["depth"] != pytest.approx(L.MultiTaskLoss()(out, mask, depth)[1]["depth"], rel=1e-3)
+    assert float(parts["depth"]) == pytest.approx(float(L.dense_depth_loss(pooled(out["depth"], 2), pooled(depth, 2))), rel=1e-5)
+    assert float(parts["mask"]) == pytest.approx(float(L.mask_loss(out["mask"], mask)), rel=1e-6)  # the mask stays at full size
+    assert float(parts["depth"]) != pytest.approx(float(L.MultiTaskLoss()(out, mask, depth)[1]["depth"]), rel=1e-3)
     with pytest.raises(ValueError, match="depth_scale"):
         L.MultiTaskLoss(depth_scale=2)
 

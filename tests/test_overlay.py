@@ -15,8 +15,9 @@ from PIL import Image
 
 from depthmask_utils import storage
 from depthmask_utils.errors import DatasetError, InputError
-from depthmask_utils.overlay import (ForegroundPyramid, blend_premultiplied, composite, generate, plan_placements,
-                                     placement_rng, premultiply)
+from depthmask_utils.compositing import ForegroundPyramid, blend_premultiplied, composite, premultiply
+from depthmask_utils.overlay import generate
+from depthmask_utils.placement import placement_rng, plan_placements
 from depthmask_utils.dataset import verify
 from depthmask_utils.sample import render_person
 from depthmask_utils.storage import decode_image, read_json, read_manifest
@@ -32,7 +33,7 @@ def test_placements_distinct_in_bounds_deterministic(fw, fh, size, n, lo, span, 
     try:
         boxes = plan_placements(fw, fh, size, n, scale, np.random.default_rng(seed))
     except ValueError as exc:  # refused only when the frame cannot hold n distinct boxes
-        from depthmask_utils.overlay import fit_box
+        from depthmask_utils.placement import fit_box
 
         sizes = {fit_box(fw, fh, size, hh / size) for hh in range(1, size + 1) if lo * size - 1 <= hh <= scale[1] * size + 1}
         assert sum((size - w + 1) * (size - h + 1) for w, h in sizes) < 4 * n, exc
@@ -309,7 +310,7 @@ def test_composites_are_stored_with_full_resolution_chroma(built, tmp_path, worl
 def test_a_dataset_planned_by_an_older_version_is_not_resumed(built, tmp_path, world):
     import json
 
-    from depthmask_utils.overlay import PLAN_VERSION
+    from depthmask_utils.placement import PLAN_VERSION
 
     dst = tmp_path / "ds"
     shutil.copytree(built, dst)
@@ -340,7 +341,8 @@ def test_a_finished_dataset_made_with_other_values_is_not_reused_silently(datase
     from depthmask_utils.pipeline import check_dataset_matches, ensure_dataset
 
     # The profile the `built` fixture was generated with, and a data root holding it where the pipeline looks.
-    profile = replace(get_profile("sample"), name="tiny", size=64, placements=3, scale=(0.35, 0.65), seed=0)
+    profile = replace(get_profile("sample"), name="tiny", size=64, placements=3, scale=(0.35, 0.65), seed=0,
+                      min_composites=0)
     check_dataset_matches(profile, dataset)  # the same values: reused as it is
     root = dataset.parent / "root"
     (root / "tiny").mkdir(parents=True)

@@ -15,7 +15,8 @@ from depthmask_utils.depth import label_depth, room_depth
 from depthmask_utils.errors import DatasetError, InputError, TeacherUnavailable
 from depthmask_utils.floor import estimate_floor, fit_plane_ransac, floor_iou
 from depthmask_utils.mini_teacher import WEIGHTS, MiniDepthNet, load_mini_teacher, teacher_error
-from depthmask_utils.overlay import dataset_floors, generate, load_floor
+from depthmask_utils.overlay import generate
+from depthmask_utils.placement import dataset_floors, load_floor
 from depthmask_utils.storage import read_json
 from depthmask_utils.train import RunError, TrainConfig, train
 
@@ -235,3 +236,26 @@ def test_pack_refuses_an_unfinished_folder_and_zips_a_finished_one(built, tmp_pa
 
     with zipfile.ZipFile(r["path"]) as zf:
         assert f"{built.name}/dataset.json" in zf.namelist() and len(zf.namelist()) == r["files"]
+
+
+def test_few_photos_get_more_placements_up_to_the_profiles_minimum():
+    sample = config.get_profile("sample")
+    assert sample.placements_for(400, 8) == 1  # the sample world already holds 6,400
+    assert sample.placements_for(10, 5) == 64  # 10 rooms x 5 dogs x 2 flips: 100 a placement
+    assert sample.placements_for(1, 1) == config.MAX_PLACEMENTS  # capped: more photos are the answer
+    assert config.get_profile("full").placements_for(100, 100) == 20  # the assignment, as it stands
+    assert config.get_profile("smoke").placements_for(3, 2) == 2
+
+
+def test_generate_raises_placements_for_few_photos_and_says_so(own_photos, tmp_path):
+    lines = []
+    r = generate(own_photos / "bg", own_photos / "fg", tmp_path / "ds", size=48, placements=1, workers=1,
+                 progress=False, min_composites=100, log=lines.append)
+    per_placement = 2 * r.n_bg * r.n_fg
+    assert r.placements == -(-100 // per_placement) > 1 and r.composites == per_placement * r.placements >= 100
+    assert any(line.startswith(f"placements: {r.placements} per (background, foreground, flip), not 1") for line in lines)
+    assert read_json(tmp_path / "ds" / "dataset.json")["counts"]["placements"] == r.placements
+    profile = config.replace(config.get_profile("sample"), size=48, placements=1, min_composites=100, seed=0)
+    pipeline.check_dataset_matches(profile, tmp_path / "ds")  # the profile's rule gives the same number
+    with pytest.raises(DatasetError, match="placements"):
+        pipeline.check_dataset_matches(config.replace(profile, min_composites=0), tmp_path / "ds")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from depthmask_utils import depth, overlay
+from depthmask_utils import compositing, depth, overlay, placement
 from depthmask_utils.errors import InputError
 
 
@@ -19,14 +19,14 @@ def _floor(size=64, horizon=24, with_depth=True):
     rows = np.arange(size, dtype=np.float32)[:, None].repeat(size, 1)
     mask = rows > horizon + 2
     z = np.where(mask, 40.0 / np.maximum(rows - horizon, 1), 20.0).astype(np.float32) if with_depth else None
-    return overlay.Floor(mask, z)
+    return placement.Floor(mask, z)
 
 
 @pytest.mark.parametrize("with_depth", [False, True])
 def test_feet_on_the_floor_boxes_in_frame_deterministic(with_depth):
     floor = _floor(with_depth=with_depth)
-    a = overlay.plan_floor_placements(30, 60, 64, 6, (0.35, 0.65), overlay.placement_rng(0, 1, 2, 0), floor)
-    b = overlay.plan_floor_placements(30, 60, 64, 6, (0.35, 0.65), overlay.placement_rng(0, 1, 2, 0), floor)
+    a = placement.plan_floor_placements(30, 60, 64, 6, (0.35, 0.65), placement.placement_rng(0, 1, 2, 0), floor)
+    b = placement.plan_floor_placements(30, 60, 64, 6, (0.35, 0.65), placement.placement_rng(0, 1, 2, 0), floor)
     (boxes, feet), (boxes2, feet2) = a, b
     assert np.array_equal(boxes, boxes2) and np.array_equal(feet, feet2)
     assert len({tuple(r) for r in boxes.tolist()}) == 6
@@ -38,11 +38,11 @@ def test_feet_on_the_floor_boxes_in_frame_deterministic(with_depth):
 
 def test_height_follows_perspective():
     floor = _floor(size=128, horizon=30)
-    boxes, feet = overlay.plan_floor_placements(20, 60, 128, 40, (0.35, 0.65), np.random.default_rng(3), floor)
+    boxes, feet = placement.plan_floor_placements(20, 60, 128, 40, (0.35, 0.65), np.random.default_rng(3), floor)
     z = floor.depth[feet[:, 1], feet[:, 0]]
     z_ref = np.median(floor.depth[floor.mask])
     ratio = boxes[:, 3] / 128 / (0.5 * z_ref / z)  # measured height over the perspective height
-    assert ratio.min() > overlay.PERSPECTIVE_SPREAD[0] - 0.05 and ratio.max() < overlay.PERSPECTIVE_SPREAD[1] + 0.05
+    assert ratio.min() > compositing.PERSPECTIVE_SPREAD[0] - 0.05 and ratio.max() < compositing.PERSPECTIVE_SPREAD[1] + 0.05
     assert np.corrcoef(z, boxes[:, 3])[0, 1] < -0.8  # further away -> smaller
 
 
@@ -50,7 +50,7 @@ def test_nothing_nearer_stands_in_front_of_the_body():
     floor = _floor(size=96, horizon=20)
     floor.depth[30:70, 30:66] = 0.5  # a sofa back, nearer than any floor point
     floor.mask[30:70, 30:66] = False
-    boxes, feet = overlay.plan_floor_placements(20, 50, 96, 12, (0.35, 0.65), np.random.default_rng(0), floor)
+    boxes, feet = placement.plan_floor_placements(20, 50, 96, 12, (0.35, 0.65), np.random.default_rng(0), floor)
     for (x, y, w, h) in boxes.tolist():
         body = floor.depth[y:y + h, x + w // 4:x + w - w // 4]
         assert body.min() >= 0.97 * floor.depth[y + h - 1, x + w // 2]
@@ -60,7 +60,7 @@ def test_box_min_is_numpys_min_over_every_box():
     rng = np.random.default_rng(0)
     for shape in ((1, 1), (37, 53), (224, 224)):
         a = rng.random(shape, dtype=np.float32)
-        box_min = overlay.BoxMin(a)
+        box_min = placement.BoxMin(a)
         x0, y0 = rng.integers(0, shape[1], 500), rng.integers(0, shape[0], 500)
         x1, y1 = x0 + 1 + rng.integers(0, shape[1] - x0), y0 + 1 + rng.integers(0, shape[0] - y0)
         want = [a[ya:yb, xa:xb].min() for xa, ya, xb, yb in zip(x0, y0, x1, y1)]
@@ -77,9 +77,9 @@ def _plan_one_by_one(fg_w, fg_h, size, n, scale, rng, floor):
         i = rng.integers(ys.size, size=4 * n + 16)
         fx, fy = xs[i], ys[i]
         z_foot = np.maximum(floor.depth[fy, fx], 1e-6).astype(np.float64)
-        frac = (lo + hi) / 2 * floor.z_ref / z_foot * rng.uniform(*overlay.PERSPECTIVE_SPREAD, size=i.size)
-        w, h = overlay.fit_boxes(fg_w, fg_h, size, frac)
-        h_lo, h_hi = overlay.perspective_range(scale)
+        frac = (lo + hi) / 2 * floor.z_ref / z_foot * rng.uniform(*compositing.PERSPECTIVE_SPREAD, size=i.size)
+        w, h = placement.fit_boxes(fg_w, fg_h, size, frac)
+        h_lo, h_hi = compositing.perspective_range(scale)
         for j in range(i.size):
             box = (int(fx[j] - w[j] // 2), int(fy[j] - h[j] + 1), int(w[j]), int(h[j]))
             x, y, bw, bh = box
@@ -100,7 +100,7 @@ def test_batched_floor_plan_is_the_one_by_one_plan(seed):
     floor.depth[30:70, 30:66] = 0.5  # a sofa back: many candidates are redrawn
     floor.mask[30:70, 30:66] = False
     for fg_w, fg_h, n in ((20, 50, 12), (8, 60, 60), (40, 30, 5)):
-        got = overlay.plan_floor_placements(fg_w, fg_h, 96, n, (0.35, 0.65), np.random.default_rng(seed), floor)
+        got = placement.plan_floor_placements(fg_w, fg_h, 96, n, (0.35, 0.65), np.random.default_rng(seed), floor)
         want = _plan_one_by_one(fg_w, fg_h, 96, n, (0.35, 0.65), np.random.default_rng(seed), floor)
         assert (got is None) == (want is None)
         if got is not None:
@@ -117,9 +117,9 @@ def test_many_streams_at_once_plan_as_each_alone(with_depth):
     floor.mask[30:70, 30:66] = False
     sizes = [(20, 50), (8, 60), (40, 30), (300, 20), (5, 90), (30, 30)]
     for n in (3, 20, 150):
-        many = overlay.plan_floor_placements_many(sizes, 96, n, (0.35, 0.65),
+        many = placement.plan_floor_placements_many(sizes, 96, n, (0.35, 0.65),
                                                   [np.random.default_rng(k) for k in range(len(sizes))], floor)
-        alone = [overlay.plan_floor_placements(w, h, 96, n, (0.35, 0.65), np.random.default_rng(k), floor)
+        alone = [placement.plan_floor_placements(w, h, 96, n, (0.35, 0.65), np.random.default_rng(k), floor)
                  for k, (w, h) in enumerate(sizes)]
         assert any(a is not None for a in alone)
         for m, a in zip(many, alone):
@@ -129,9 +129,9 @@ def test_many_streams_at_once_plan_as_each_alone(with_depth):
 
 
 def test_no_floor_means_no_floor_plan():
-    floor = overlay.Floor(np.zeros((64, 64), bool))
+    floor = placement.Floor(np.zeros((64, 64), bool))
     assert not floor.usable
-    assert overlay.plan_floor_placements(30, 60, 64, 3, (0.35, 0.65), np.random.default_rng(0), floor) is None
+    assert placement.plan_floor_placements(30, 60, 64, 3, (0.35, 0.65), np.random.default_rng(0), floor) is None
 
 
 def test_sample_world_is_placed_on_its_floor_and_recorded(world, built):
@@ -141,7 +141,7 @@ def test_sample_world_is_placed_on_its_floor_and_recorded(world, built):
     assert set(m.placement) <= {"floor", "uniform"}
     assert (m.placement == "floor").sum() == info["placement"]["on_floor"]
     assert set(m.bg[m.placement == "uniform"]) == set(info["placement"]["uniform_bg"])
-    floors = overlay.find_floors(world / "bg", sorted(p.name for p in (world / "bg").iterdir()), 64)
+    floors = placement.find_floors(world / "bg", sorted(p.name for p in (world / "bg").iterdir()), 64)
     for r in m[m.placement == "floor"].itertuples():
         assert floors[r.bg].mask[r.foot_y, r.foot_x]
 

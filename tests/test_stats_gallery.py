@@ -296,3 +296,16 @@ def test_plot_batch_std_draws_both_panels(labelled):
     assert len(labels) == len(st.exact) and all(t.endswith("%") for t in labels)  # one error label per category
     assert fig.legends and not left.get_legend() and not right.get_legend()  # legend below, not over data
     plt.close(fig)
+
+
+def test_every_colour_map_in_a_grid_gets_its_colour_bar():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from depthmask_utils import figures
+
+    img = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    fig = figures.show_grid([[img, img, img]], ["mask", "depth", "error"])
+    bars = [ax.get_ylabel() for ax in fig.axes[3:]]  # the axes after the three images are colour bars
+    assert bars == ["inverse depth (1 = near)", "error (0-1 units)"]
+    assert all(ax.images[0].get_interpolation() == "nearest" for ax in fig.axes[:3])

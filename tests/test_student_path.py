@@ -146,4 +146,4 @@ def test_pretrained_encoder_weights_that_cannot_be_fetched_say_so_in_one_line(mo
         build_model("resnet18", pretrained=True)
     from depthmask_utils.config import get_profile
 
-    assert get_profile("full").train["pretrained"] is True and not get_profile("smoke").train["pretrained"]
+    assert get_profile("full").train.pretrained is True and not get_profile("smoke").train.pretrained

@@ -35,6 +35,7 @@ def test_train_writes_a_run_that_loads_with_weights_only(labelled, tmp_path):
     assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["kind"] == "model"
     h = read_history(tmp_path / "run")
     assert list(h["epoch"]) == [1, 2] and h["val_mask_iou"].between(0, 1).all()
+    assert (h["val_loss"] > 0).all() and (h["train_loss"] > 0).all()  # both losses, to plot on one axis
     # Training again with the same configuration does nothing more.
     again = train(labelled, tmp_path / "run", tiny_config(), progress=False, log=lambda *_: None)
     assert again.resumed_from == r.steps and again.history == r.history
@@ -49,6 +50,19 @@ def test_train_writes_a_run_that_loads_with_weights_only(labelled, tmp_path):
     # Another configuration in the same folder is refused, naming what differs.
     with pytest.raises(RunError, match="differs in: lr"):
         train(labelled, tmp_path / "run", tiny_config(lr=1e-2), progress=False)
+
+
+def test_losses_are_logged_every_n_steps_and_add_up_to_the_epoch_loss(labelled, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    r = train(labelled, tmp_path / "run", tiny_config(epochs=1, log_every=3, checkpoint_every=1000), progress=False,
+              log=lambda *_: None)
+    rows = pd.read_csv(tmp_path / "run" / "steps.csv")
+    want = list(range(3, r.steps + 1, 3)) + ([r.steps] if r.steps % 3 else [])  # and the epoch's last step
+    assert rows["step"].tolist() == want
+    widths = np.diff([0] + want)  # each row is the mean of the steps since the one before
+    assert (rows["loss"] * widths).sum() / r.steps == pytest.approx(r.history[0]["train_loss"], rel=1e-4)
 
 
 def test_one_cycle_runs_for_any_number_of_steps():
@@ -143,7 +157,9 @@ def test_train_step_fits_a_toy_batch_in_float32_and_in_bfloat16(monkeypatch, bf1
     net.heads.register_forward_hook(lambda mod, args, out: seen.append(out["mask"].dtype))
     opt, crit = torch.optim.AdamW(net.parameters(), cfg.lr), T.make_criterion(cfg)
     scaler, gen = make_scaler(cpu, cfg), torch.Generator().manual_seed(0)
-    losses = [T.train_step(net, crit, opt, scaler, batch, cfg, cpu, gen)[0].item() for _ in range(150)]
+    steps = [T.train_step(net, crit, opt, scaler, batch, cfg, cpu, gen) for _ in range(150)]
+    assert all(t.dim() == 0 and t.device == cpu for loss, parts in steps for t in (loss, *parts.values()))
+    losses = [loss.item() for loss, _ in steps]  # tensors, read here: the loop itself never waits on a device
     assert seen[0] == (torch.bfloat16 if bf16 else torch.float32)
     assert all(p.dtype == torch.float32 for p in net.parameters())
     assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
