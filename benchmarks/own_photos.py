@@ -65,7 +65,8 @@ def main() -> None:
           f"({r.on_floor / r.composites:.0%})")
 
     t0 = time.perf_counter()
-    lab = label_depth(dataset, args.teacher, mode=args.mode, progress=False, device="cpu")
+    lab = label_depth(dataset, args.teacher, mode=args.mode, progress=False, device="cpu",  # a ViT teacher at full's side
+                      input_size=None if args.teacher == "mini" else get_profile("full").teacher_input)
     t_lab = time.perf_counter() - t0
     visible = read_json(dataset / "dataset.json")["depth"]["person_visible"]
     print(f"labels: {args.teacher} ({args.mode}), {lab.teacher_images} teacher images in {lab.seconds:.1f} s "

@@ -126,11 +126,11 @@ def main() -> None:
             n_bg, placements = args.rooms or sample.n_bg, args.placements or sample.placements
             n_fg = args.people or sample.n_fg
             profile = replace(sample, name=f"rooms{n_bg}x{placements}" + (f"_people{n_fg}" if args.people else ""),
-                              n_bg=n_bg, n_fg=n_fg, placements=placements)
+                              n_bg=n_bg, n_fg=n_fg, placements=placements, min_composites=0)  # exactly as asked
         if args.seed is not None and args.seed != sample.seed:  # the same recipe, another world
             profile = replace(profile, name=f"{profile.name}_seed{args.seed}", seed=args.seed)
     else:  # the assignment's 100 x 100 world, stored at the sample size so a CPU can train on it
-        profile = replace(sample, name="fullworld", n_bg=100, n_fg=100, placements=4)
+        profile = replace(sample, name="fullworld", n_bg=100, n_fg=100, placements=4, min_composites=0)
     if args.jpeg_chroma and args.jpeg_chroma != profile.jpeg_chroma:
         profile = replace(profile, name=f"{profile.name}_{args.jpeg_chroma}", jpeg_chroma=args.jpeg_chroma)
     values = {"on_the_fly": args.on_the_fly, "checkpoint_every": 10**9, "epochs": args.epochs,

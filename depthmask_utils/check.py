@@ -8,6 +8,7 @@ answers are the package's own functions, which the chapters test against librari
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
@@ -17,6 +18,18 @@ import torch
 def _report(ok: bool, message: str) -> bool:
     print(("Correct: " if ok else "Not yet: ") + message)
     return ok
+
+
+def _never_raises(check: Callable) -> Callable:
+    """A check that reports an answer of an unexpected form (a number for a pair, say) as a hint."""
+    @functools.wraps(check)
+    def wrapped(answer) -> bool:
+        try:
+            return check(answer)
+        except Exception as exc:  # the answer's form, not the package, is what went wrong
+            return _report(False, f"your answer has an unexpected form ({type(exc).__name__}: {exc}); "
+                                  "the exercise says what to return")
+    return wrapped
 
 
 def _call(fn: Callable, *args):
@@ -40,6 +53,7 @@ def _premultiplied_inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return fgp, rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
 
 
+@_never_raises
 def over(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> bool:
     """Chapter 03: ``fn(fg_premultiplied, bg)`` composites a premultiplied uint8 (h, w, 4) foreground
     over a uint8 (h, w, 3) background and returns uint8 (h, w, 3), rounded to the nearest level."""
@@ -84,6 +98,7 @@ def _masks() -> list[np.ndarray]:
     return [a, b, c]
 
 
+@_never_raises
 def foot_point(fn: Callable[[np.ndarray], tuple[int, int] | None]) -> bool:
     """Chapter 04: ``fn(mask)`` returns (x, y) of the feet of a uint8 (H, W) mask: the lowest row with
     a pixel of at least 128, at the rounded mean column of that row's such pixels; None if there is none."""
@@ -115,6 +130,7 @@ def foot_point(fn: Callable[[np.ndarray], tuple[int, int] | None]) -> bool:
 # --------------------------------------------------------------------------- 05
 
 
+@_never_raises
 def std_from_histogram(fn: Callable[[np.ndarray], tuple[float, float]]) -> bool:
     """Chapter 05: ``fn(hist)`` takes a 256-bin histogram of uint8 values (counts) and returns their
     (mean, std) on the 0-1 scale: the population std, as the exact statistics use."""
@@ -142,6 +158,7 @@ def std_from_histogram(fn: Callable[[np.ndarray], tuple[float, float]]) -> bool:
 # --------------------------------------------------------------------------- 06
 
 
+@_never_raises
 def mask_offset(fn: Callable[[np.ndarray, np.ndarray], tuple[int, int]]) -> bool:
     """Chapter 06: ``fn(true_mask, stored_mask)`` returns (dy, dx), the shift (each in -3..3) that
     moves ``stored_mask`` onto ``true_mask`` (``np.roll(stored_mask, (dy, dx), (0, 1))``, best IoU)."""
@@ -167,6 +184,7 @@ def mask_offset(fn: Callable[[np.ndarray, np.ndarray], tuple[int, int]]) -> bool
 # --------------------------------------------------------------------------- 07
 
 
+@_never_raises
 def leak_share(fn: Callable[[set, list], float]) -> bool:
     """Chapter 07: ``fn(train_rooms, test_items)``: the share (0-1) of test composites, given as
     (bg, fg) pairs, whose room ``bg`` is also in ``train_rooms``."""
@@ -192,6 +210,7 @@ def leak_share(fn: Callable[[set, list], float]) -> bool:
 # --------------------------------------------------------------------------- 08
 
 
+@_never_raises
 def receptive_field(answer: int | None) -> bool:
     """Chapter 08: the receptive field, in input pixels, of one output pixel of
     3x3 conv, 3x3 conv, 2x2 max-pool (stride 2), 3x3 conv, 3x3 conv (padding 1 throughout)."""
@@ -211,6 +230,7 @@ def receptive_field(answer: int | None) -> bool:
 # --------------------------------------------------------------------------- 09
 
 
+@_never_raises
 def iou(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
     """Chapter 09: ``fn(pred, target)`` with (N, 1, H, W) tensors in 0-1 returns the IoU per image, (N,),
     masks binarised at 0.5, and 1 where both masks are empty."""
@@ -244,6 +264,7 @@ def iou(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
 # --------------------------------------------------------------------------- 10
 
 
+@_never_raises
 def steps_per_run(answer: int | None) -> bool:
     """Chapter 10: optimizer steps of 6 epochs over 240,000 training composites in batches of 64,
     the last incomplete batch of each epoch dropped."""
@@ -262,6 +283,7 @@ def steps_per_run(answer: int | None) -> bool:
 # --------------------------------------------------------------------------- 11
 
 
+@_never_raises
 def aligned_rmse(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
     """Chapter 11: ``fn(pred, target)`` with (N, 1, H, W) depth maps returns, per image, the RMSE left
     after the least-squares scale s and shift t of ``pred`` (s * pred + t against target, clipped to 0-1)."""

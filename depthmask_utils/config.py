@@ -69,9 +69,11 @@ class TrainConfig:
             raise ConfigError(f"geometry must be one of {', '.join(GEOMETRIES)}, not {self.geometry!r}")
         if self.val_samples is not None and self.val_samples < 1:
             raise ConfigError(f"val_samples must be at least 1 (or None for the whole val split), not {self.val_samples}")
-        if not self.sizes or self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"sizes, epochs and batch_size need at least one (got {self.sizes}, {self.epochs}, "
-                              f"{self.batch_size})")
+        counts = {"epochs": self.epochs, "batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every,
+                  "log_every": self.log_every}
+        small = [f"{k} {v}" for k, v in counts.items() if v < 1] + ([] if self.sizes else ["sizes ()"])
+        if small:
+            raise ConfigError("these need at least 1 (sizes at least one side): " + ", ".join(small))
 
     def size_at(self, epoch: int) -> int:
         """Training side for ``epoch`` under progressive resizing."""
@@ -118,10 +120,10 @@ def _convert(key: str, value, kind) -> object:
 def _checked(cfg: TrainConfig, values: dict) -> TrainConfig:
     """``cfg`` with ``values`` (TrainConfig names, or ``model_options.K``) converted and applied."""
     types = _field_types()
-    changes, options = {}, None
+    changes, one_option = {}, {}
     for key, value in values.items():
-        if key.startswith("model_options."):
-            options = {**(cfg.model_options if options is None else options), key.split(".", 1)[1]: value}
+        if key.startswith("model_options."):  # one option, applied over the whole dict (given or the config's)
+            one_option[key.split(".", 1)[1]] = value
         elif key in types and key not in TrainConfig.RECORD + ("RUNTIME", "RECORD"):
             changes[key] = _convert(key, value, types[key])
         elif key in TrainConfig.RECORD:
@@ -130,8 +132,8 @@ def _checked(cfg: TrainConfig, values: dict) -> TrainConfig:
             near = difflib.get_close_matches(key, [k for k in types if k.islower()], n=1)
             raise ConfigError(f"{key}: not a training value" + (f" (did you mean {near[0]}?)" if near else "")
                               + "; model_options.K sets one of the model's options")
-    if options is not None:
-        changes["model_options"] = {**changes.get("model_options", {}), **options}
+    if one_option:
+        changes["model_options"] = {**changes.get("model_options", cfg.model_options), **one_option}
     return replace(cfg, **changes)
 
 

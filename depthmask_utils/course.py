@@ -238,10 +238,10 @@ def run_course(profile: str = "sample", out: str | Path = "executed", only: list
     from .config import get_profile
 
     get_profile(profile)  # an unknown profile fails here, before any chapter runs
+    todo = chapters(notebooks, only)  # and so does a missing checkout, before any folder is made
     out = Path(out).resolve()
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     data_root = out / "data"
-    todo = chapters(notebooks, only)
     times = {}
     t_all = time.perf_counter()
     for i, nb in enumerate(todo, 1):

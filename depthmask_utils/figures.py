@@ -96,6 +96,7 @@ def show_grid(rows: list[list], kinds: list[str], col_titles: list[str] | None =
             if c == 0 and row_titles:
                 ax.set_ylabel(row_titles[r], fontsize=8)
     fig.tight_layout()
+    bars = [k for k in bars if k in handles]  # a colour-mapped column may hold no image
     if bars:  # side by side at the right, each in its own axes (never on top of each other)
         labels = {"depth": "inverse depth (1 = near)", "error": "error (0-1 units)"}
         step = 0.75 / fig.get_figwidth()  # 0.75 inch per bar, with its ticks and label

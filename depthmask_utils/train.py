@@ -322,6 +322,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
                 checkpoint(epoch, b + 1)
         flush()
         bar.close()
+        loader.dataset.close()  # this epoch's shard handles (with workers, theirs close as they exit)
         total = distributed.sum_over_processes(sums, device)  # the loss of every process, not the first's
         row = {"epoch": epoch + 1, "step": step, "size": size, "lr": float(sched.get_last_lr()[0]),
                "train_loss": total[0] / max(1, total[3]), "train_mask_loss": total[1] / max(1, total[3]),

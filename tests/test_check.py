@@ -127,3 +127,9 @@ def test_every_chapters_coded_solution_passes_its_check():
             assert getattr(check, call.group(1))(space[call.group(2)]), path.name
             found += 1
     assert found >= 7
+
+
+def test_an_answer_of_the_wrong_form_gets_a_hint_not_a_traceback(capsys):
+    assert not check.std_from_histogram(lambda h: 0.5) and "unexpected form" in capsys.readouterr().out
+    assert not check.mask_offset(lambda t, s: 0) and "unexpected form" in capsys.readouterr().out
+    assert not check.leak_share(lambda rooms, items: (1, 2)) and "unexpected form" in capsys.readouterr().out

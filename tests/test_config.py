@@ -71,3 +71,26 @@ def test_make_sample_world_takes_the_profiles_values(tmp_path):
     summary = make_sample_world(tmp_path / "w", n_bg=2, profile="smoke", workers=1)
     assert summary["params"] == {"n_bg": 2, "n_fg": smoke.n_fg, "size": smoke.world_size, "seed": smoke.seed,
                                  "n_plain": max(1, smoke.n_fg // 8), "layout": 2}
+
+
+def test_one_option_applies_over_a_whole_options_dict_and_counts_must_be_positive():
+    cfg = train_config("sample", ['model_options={"base": 32}', "model_options.refine=4"])
+    assert cfg.model_options == {"base": 32, "refine": 4}  # the given dict, not the profile's, under the one option
+    args = cli.build_parser().parse_args(["train", "ds", "--out", "run", "--refine-from", "64", "--set",
+                                          "model_options.base=32"])
+    assert "unshuffle" not in cli._train_config(args).model_options  # the refiner's options stay the refiner's
+    for bad in ("log_every=0", "checkpoint_every=0", "epochs=0"):
+        with pytest.raises(ConfigError, match="need at least 1"):
+            train_config("sample", [bad])
+
+
+def test_a_grid_with_an_empty_colour_column_draws_without_its_bar():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+
+    from depthmask_utils import figures
+
+    fig = figures.show_grid([[np.zeros((4, 4, 3), np.uint8)]], ["rgb", "depth"])
+    assert len(fig.axes) == 2  # two image axes, no colour bar for the empty depth column
