@@ -20,24 +20,34 @@ def _report(ok: bool, message: str) -> bool:
     return ok
 
 
+class _NotYet(Exception):
+    """A hint, raised anywhere in a check and printed by :func:`_never_raises`."""
+
+
 def _never_raises(check: Callable) -> Callable:
-    """A check that reports an answer of an unexpected form (a number for a pair, say) as a hint."""
+    """A check that prints its hints, and reports an answer of an unexpected form (a number for a
+    pair, say) as one too."""
     @functools.wraps(check)
     def wrapped(answer) -> bool:
         try:
             return check(answer)
+        except _NotYet as hint:
+            return _report(False, str(hint))
         except Exception as exc:  # the answer's form, not the package, is what went wrong
             return _report(False, f"your answer has an unexpected form ({type(exc).__name__}: {exc}); "
                                   "the exercise says what to return")
     return wrapped
 
 
-def _call(fn: Callable, *args):
-    """(result, None) or (None, a hint naming the exception)."""
+def _answer(fn: Callable, *args, want: str):
+    """``fn(*args)``, the student's function; a hint if it raises or returns None (``want``: what to return)."""
     try:
-        return fn(*args), None
+        got = fn(*args)
     except Exception as exc:  # a student's code: any failure becomes a hint
-        return None, f"your function raised {type(exc).__name__}: {exc}"
+        raise _NotYet(f"your function raised {type(exc).__name__}: {exc}") from None
+    if got is None:
+        raise _NotYet(f"your function returned None; return {want}")
+    return got
 
 
 # --------------------------------------------------------------------------- 03
@@ -61,11 +71,7 @@ def over(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> bool:
 
     fgp, bg = _premultiplied_inputs()
     want = blend_premultiplied(bg, fgp)
-    got, error = _call(fn, fgp.copy(), bg.copy())
-    if error:
-        return _report(False, error)
-    if got is None:
-        return _report(False, "your function returned None; return the composite")
+    got = _answer(fn, fgp.copy(), bg.copy(), want="the composite")
     got = np.asarray(got)
     if got.shape != want.shape:
         return _report(False, f"shape {got.shape}, expected {want.shape}: drop the alpha channel from the result")
@@ -105,13 +111,8 @@ def foot_point(fn: Callable[[np.ndarray], tuple[int, int] | None]) -> bool:
     from .depth import foot_point as reference
 
     for m in _masks():
-        got, error = _call(fn, m)
-        if error:
-            return _report(False, error)
         want = reference(m)
-        if got is None:
-            return _report(False, "your function returned None for a mask with a person; return (x, y)")
-        got = tuple(int(v) for v in got)
+        got = tuple(int(v) for v in _answer(fn, m, want="(x, y) for a mask with a person"))
         if got == want:
             continue
         if got == want[::-1]:
@@ -121,9 +122,12 @@ def foot_point(fn: Callable[[np.ndarray], tuple[int, int] | None]) -> bool:
         if got[1] == int(np.flatnonzero((m > 0).any(1))[-1]):
             return _report(False, "count only pixels of at least 128: a faint halo is not a foot")
         return _report(False, f"got {got}, expected {want}")
-    empty, error = _call(fn, np.zeros((8, 8), np.uint8))
-    if error or empty is not None:
-        return _report(False, "a mask with no person has no foot point: return None " + (f"({error})" if error else ""))
+    try:
+        empty = fn(np.zeros((8, 8), np.uint8))
+    except Exception as exc:  # a student's code: any failure becomes a hint
+        raise _NotYet(f"a mask with no person has no foot point: return None ({type(exc).__name__}: {exc})") from None
+    if empty is not None:
+        raise _NotYet("a mask with no person has no foot point: return None")
     return _report(True, "the foot-point rule, down to the soft foot and the empty mask")
 
 
@@ -138,11 +142,7 @@ def std_from_histogram(fn: Callable[[np.ndarray], tuple[float, float]]) -> bool:
     values = rng.integers(20, 230, 5000)
     hist = np.bincount(values, minlength=256)
     want = np.array([values.mean() / 255, values.std() / 255])
-    got, error = _call(fn, hist.copy())
-    if error:
-        return _report(False, error)
-    if got is None:
-        return _report(False, "your function returned None; return (mean, std)")
+    got = _answer(fn, hist.copy(), want="(mean, std)")
     got = np.asarray(got, dtype=np.float64)
     if np.allclose(got, want * 255, rtol=1e-6):
         return _report(False, "right values on the 0-255 scale: divide by 255")
@@ -166,11 +166,7 @@ def mask_offset(fn: Callable[[np.ndarray, np.ndarray], tuple[int, int]]) -> bool
     true[8:24, 10:18] = 255
     for dy, dx in ((0, 2), (-1, 3), (2, -2)):
         stored = np.roll(true, (-dy, -dx), (0, 1))
-        got, error = _call(fn, true.copy(), stored)
-        if error:
-            return _report(False, error)
-        if got is None:
-            return _report(False, "your function returned None; return (dy, dx)")
+        got = _answer(fn, true.copy(), stored, want="(dy, dx)")
         got = tuple(int(v) for v in got)
         if got == (-dy, -dx):
             return _report(False, "the opposite sign: the shift moves the stored mask onto the true one")
@@ -191,11 +187,7 @@ def leak_share(fn: Callable[[set, list], float]) -> bool:
     train_rooms = {0, 1, 2, 5}
     test = [(0, 3), (3, 1), (4, 4), (5, 0), (6, 2), (3, 3), (1, 7), (7, 7)]
     want = 3 / 8
-    got, error = _call(fn, set(train_rooms), list(test))
-    if error:
-        return _report(False, error)
-    if got is None:
-        return _report(False, "your function returned None; return a share between 0 and 1")
+    got = _answer(fn, set(train_rooms), list(test), want="a share between 0 and 1")
     if np.isclose(float(got), 3):
         return _report(False, "that is a count; divide by the number of test composites")
     if np.isclose(float(got), 100 * want):
@@ -241,11 +233,7 @@ def iou(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
     pred = torch.rand(4, 1, 16, 16, generator=g)
     target[3], pred[3] = 0, 0.2  # both empty
     want = reference(pred, target)
-    got, error = _call(fn, pred.clone(), target.clone())
-    if error:
-        return _report(False, error)
-    if got is None:
-        return _report(False, "your function returned None; return one IoU per image")
+    got = _answer(fn, pred.clone(), target.clone(), want="one IoU per image")
     got = torch.as_tensor(got, dtype=torch.float32)
     if got.dim() == 0 or got.numel() == 1:
         return _report(False, "one number for the batch: return one value per image, shape (N,)")
@@ -294,11 +282,7 @@ def aligned_rmse(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bo
     pred = 0.5 * target + 0.2 + 0.05 * torch.rand(3, 1, 12, 12, generator=g)
     pred[1] = 2 * target[1] - 0.3 + 0.1 * torch.rand(1, 12, 12, generator=g)
     want = aligned(rmse, pred, target)
-    got, error = _call(fn, pred.clone(), target.clone())
-    if error:
-        return _report(False, error)
-    if got is None:
-        return _report(False, "your function returned None; return one RMSE per image")
+    got = _answer(fn, pred.clone(), target.clone(), want="one RMSE per image")
     got = torch.as_tensor(got, dtype=torch.float32).flatten()
     if got.numel() != 3:
         return _report(False, f"{got.numel()} values for 3 images: fit and score each image on its own")

@@ -124,12 +124,10 @@ def _checked(cfg: TrainConfig, values: dict) -> TrainConfig:
     for key, value in values.items():
         if key.startswith("model_options."):  # one option, applied over the whole dict (given or the config's)
             one_option[key.split(".", 1)[1]] = value
-        elif key in types and key not in TrainConfig.RECORD + ("RUNTIME", "RECORD"):
-            changes[key] = _convert(key, value, types[key])
-        elif key in TrainConfig.RECORD:
-            changes[key] = value
+        elif key in types:  # the fields (RUNTIME and RECORD are plain class attributes, not fields)
+            changes[key] = value if key in TrainConfig.RECORD else _convert(key, value, types[key])
         else:
-            near = difflib.get_close_matches(key, [k for k in types if k.islower()], n=1)
+            near = difflib.get_close_matches(key, list(types), n=1)
             raise ConfigError(f"{key}: not a training value" + (f" (did you mean {near[0]}?)" if near else "")
                               + "; model_options.K sets one of the model's options")
     if one_option:

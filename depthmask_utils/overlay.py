@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from .backgrounds import load_backgrounds
 from .compositing import ForegroundPyramid, blend_premultiplied, composite, pyramids_for  # noqa: F401 (chapter 03)
-from .config import MAX_PLACEMENTS, from_profile, scaled_placements
+from .config import MAX_PLACEMENTS, Profile, from_profile, scaled_placements
 from .dataset import (DATASET_JSON, FORMAT, MANIFEST_CSV, PARAMS_JSON, member, member_pattern, prepared_path,
                       read_params)
 from .errors import DatasetError, InputError
@@ -154,11 +154,11 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
              placements: int | None = None, scale: tuple[float, float] | None = None, seed: int | None = None,
              workers: int | None = None, jpeg_quality: int | None = None, progress: bool = True,
              placement: str | None = None, floor_dir: str | Path | None = None, jpeg_chroma: str | None = None,
-             floor_teacher: str | None = None, min_composites: int | None = None, profile: str = "sample",
-             log=print) -> GenerateResult:
+             floor_teacher: str | None = None, min_composites: int | None = None,
+             profile: Profile | str = "sample", log=print) -> GenerateResult:
     """Build the dataset in ``out`` from the images in ``bg_dir`` and ``fg_dir``.
 
-    Values left None are ``profile``'s (:mod:`config`): ``floor_teacher`` is its ``network_teacher``;
+    Values left None are ``profile``'s (a :class:`config.Profile` or its name): ``floor_teacher`` is its ``network_teacher``;
     ``min_composites`` is its own, or 0 (``placements`` as given) when ``placements`` is given.
 
     ``jpeg_chroma``: ``"444"`` (colour at full resolution) or ``"420"`` (half; smaller files, but it

@@ -44,10 +44,8 @@ def ensure_dataset(profile: Profile, root: str | Path = "../data", bg_dir=None, 
     if bg_dir is None or fg_dir is None:
         world = ensure_world(profile, root)
         bg_dir, fg_dir = bg_dir or world / "bg", fg_dir or world / "fg"
-    generate(bg_dir, fg_dir, paths["dataset"], size=profile.size, placements=profile.placements,
-             scale=profile.scale, seed=profile.seed, jpeg_quality=profile.jpeg_quality,
-             jpeg_chroma=profile.jpeg_chroma, progress=progress, floor_dir=floor_dir, placement=placement,
-             floor_teacher=profile.network_teacher, min_composites=profile.min_composites, log=log)
+    generate(bg_dir, fg_dir, paths["dataset"], profile=profile, progress=progress, floor_dir=floor_dir,
+             placement=placement, log=log)  # every other value: the profile's
     return paths["dataset"]
 
 
@@ -99,9 +97,7 @@ def ensure_depth(profile: Profile, root: str | Path = "../data", progress: bool 
     if "depth" not in read_json(dataset / DATASET_JSON):
         teacher, why = labelling_teacher(profile, dataset)
         log(f"depth labels: {why}")
-        label_depth(dataset, **{"teacher": teacher, "mode": profile.depth_mode, "batch_size": profile.batch_size,
-                                "input_size": profile.teacher_input, "progress": progress, "profile": profile,
-                                **label_kwargs})
+        label_depth(dataset, **{"teacher": teacher, "progress": progress, "profile": profile, **label_kwargs})
     return dataset
 
 

@@ -315,10 +315,10 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
             window += torch.stack([loss, parts["mask"], parts["depth"]]).double()
             in_window += 1
             bar.update(1)
-            if step % config.log_every == 0:
-                flush()
-            if b + 1 < steps_per_epoch and step % config.checkpoint_every == 0:
-                flush()  # the checkpoint holds complete sums, and an uninterrupted run logs the same lines
+            save = b + 1 < steps_per_epoch and step % config.checkpoint_every == 0
+            if save or step % config.log_every == 0:  # a checkpoint holds complete sums, and so
+                flush()                                   # an uninterrupted run logs the same lines
+            if save:
                 checkpoint(epoch, b + 1)
         flush()
         bar.close()

@@ -70,9 +70,11 @@ def test_leak_share(capsys):
 
 def test_receptive_field_answer_is_what_the_layers_measure(capsys):
     stack = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1),
-                                torch.nn.MaxPool2d(2), torch.nn.Conv2d(4, 4, 3, padding=1),
+                                torch.nn.AvgPool2d(2), torch.nn.Conv2d(4, 4, 3, padding=1),
                                 torch.nn.Conv2d(4, 1, 3, padding=1))
 
+    # The same window as the exercise's max-pool; average pooling passes a gradient to all four of
+    # its pixels (max-pooling only to the largest), so the measured extent does not depend on the input.
     with torch.no_grad():
         for conv in stack:
             if isinstance(conv, torch.nn.Conv2d):
