@@ -8,7 +8,7 @@ person's true colour ``F`` (which it does not), ``a`` is the projection of ``fg_
 ``F - bg``. This script rebuilds every composite of a test group exactly from the manifest's boxes,
 checks the rebuilt mask against the stored one (and counts the rebuilt composites whose JPEG
 decodes to the stored pixels), and scores that oracle's ``a``, thresholded at 0.5 like the
-model's, against the stored mask (IoU, as chapter 11 scores the model). The oracle knows where
+model's, against the stored mask (IoU, as chapter 13 scores the model). The oracle knows where
 the person is as well as its colour: pixels more than 3 px from it count as background.
 
 Scored on:

@@ -1,4 +1,4 @@
-"""Chapter 07: joint augmentation - the same geometry on composite, background, mask and depth.
+"""Chapter 08: joint augmentation - the same geometry on composite, background, mask and depth.
 
 A batch is a dict of (B, C, H, W) tensors (uint8 0-255 images, float masks and depth); every
 function here keeps the four aligned and runs on whatever device the batch is on (the GPU, in

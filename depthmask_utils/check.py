@@ -8,7 +8,9 @@ answers are the package's own functions, which the chapters test against librari
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -93,6 +95,93 @@ def over(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> bool:
 # --------------------------------------------------------------------------- 04
 
 
+class _WriteLog:
+    """Every file opened for writing and every rename, while a student's function runs."""
+
+    def __init__(self):
+        self.written: list[Path] = []
+        self.renamed: list[tuple[Path, Path]] = []
+
+    @contextlib.contextmanager
+    def watching(self):
+        import builtins
+        import io
+        import os
+
+        real_open, real_os_open, real_replace, real_rename = io.open, os.open, os.replace, os.rename
+
+        def logged_open(file, mode="r", *args, **kwargs):
+            if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+"):
+                self.written.append(Path(file).resolve())
+            return real_open(file, mode, *args, **kwargs)
+
+        def logged_os_open(path, flags, *args, **kwargs):
+            if flags & (os.O_WRONLY | os.O_RDWR):
+                self.written.append(Path(path).resolve())
+            return real_os_open(path, flags, *args, **kwargs)
+
+        def logged(real):
+            def move(src, dst, *args, **kwargs):
+                self.renamed.append((Path(src).resolve(), Path(dst).resolve()))
+                return real(src, dst, *args, **kwargs)
+            return move
+
+        patches = [(builtins, "open", logged_open), (io, "open", logged_open), (os, "open", logged_os_open),
+                   (os, "replace", logged(real_replace)), (os, "rename", logged(real_rename))]
+        saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
+        try:
+            for mod, name, new in patches:
+                setattr(mod, name, new)
+            yield self
+        finally:
+            for mod, name, old in saved:
+                setattr(mod, name, old)
+
+
+@_never_raises
+def write_atomically(fn: Callable[[bytes, Path], None]) -> bool:
+    """Chapter 04: ``fn(data, path)`` writes the bytes ``data`` so that ``path`` never exists half
+    written: a temporary file in the same folder, renamed onto ``path`` when complete."""
+    import tempfile
+
+    data = bytes(range(256)) * 64
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp).resolve()
+        target = folder / "bg_007.zip"
+        for before in (None, b"an older shard"):  # a new file, then one that replaces an existing file
+            if before is not None:
+                target.write_bytes(before)
+            log = _WriteLog()
+            with log.watching():
+                _answer_call(fn, data, target)
+            if target in log.written:
+                return _report(False, "you wrote the final name directly: a process killed halfway leaves half a "
+                                      "file there, and a re-run takes it for finished. Write a temporary name first")
+            if not target.exists() or target.read_bytes() != data:
+                return _report(False, f"{target.name} does not hold the data afterwards: rename the temporary file onto it")
+            elsewhere = [w for w in log.written if w.parent != folder]
+            if elsewhere:
+                return _report(False, f"the temporary file {elsewhere[0]} is in another folder: a rename across file "
+                                      "systems is a copy, not atomic. Put it next to the final file")
+            if not any(dst == target for _, dst in log.renamed):
+                return _report(False, "the final name must appear by a rename (os.replace): it is atomic")
+            left = sorted(p.name for p in folder.iterdir() if p != target)
+            if left:
+                return _report(False, f"a temporary file was left behind ({left[0]}): rename it, don't copy it")
+    return _report(True, "the final name appears whole or not at all, as storage.atomic_path does it")
+
+
+def _answer_call(fn: Callable, *args) -> None:
+    """``fn(*args)`` for a function that returns nothing; a hint if it raises."""
+    try:
+        fn(*args)
+    except Exception as exc:  # a student's code: any failure becomes a hint
+        raise _NotYet(f"your function raised {type(exc).__name__}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- 05
+
+
 def _masks() -> list[np.ndarray]:
     a = np.zeros((20, 12), np.uint8)
     a[3:15, 4:8] = 255
@@ -106,7 +195,7 @@ def _masks() -> list[np.ndarray]:
 
 @_never_raises
 def foot_point(fn: Callable[[np.ndarray], tuple[int, int] | None]) -> bool:
-    """Chapter 04: ``fn(mask)`` returns (x, y) of the feet of a uint8 (H, W) mask: the lowest row with
+    """Chapter 05: ``fn(mask)`` returns (x, y) of the feet of a uint8 (H, W) mask: the lowest row with
     a pixel of at least 128, at the rounded mean column of that row's such pixels; None if there is none."""
     from .depth import foot_point as reference
 
@@ -131,12 +220,12 @@ def foot_point(fn: Callable[[np.ndarray], tuple[int, int] | None]) -> bool:
     return _report(True, "the foot-point rule, down to the soft foot and the empty mask")
 
 
-# --------------------------------------------------------------------------- 05
+# --------------------------------------------------------------------------- 06
 
 
 @_never_raises
 def std_from_histogram(fn: Callable[[np.ndarray], tuple[float, float]]) -> bool:
-    """Chapter 05: ``fn(hist)`` takes a 256-bin histogram of uint8 values (counts) and returns their
+    """Chapter 06: ``fn(hist)`` takes a 256-bin histogram of uint8 values (counts) and returns their
     (mean, std) on the 0-1 scale: the population std, as the exact statistics use."""
     rng = np.random.default_rng(5)
     values = rng.integers(20, 230, 5000)
@@ -155,12 +244,12 @@ def std_from_histogram(fn: Callable[[np.ndarray], tuple[float, float]]) -> bool:
     return _report(True, f"mean {want[0]:.4f}, std {want[1]:.4f} from the histogram alone")
 
 
-# --------------------------------------------------------------------------- 06
+# --------------------------------------------------------------------------- 07
 
 
 @_never_raises
 def mask_offset(fn: Callable[[np.ndarray, np.ndarray], tuple[int, int]]) -> bool:
-    """Chapter 06: ``fn(true_mask, stored_mask)`` returns (dy, dx), the shift (each in -3..3) that
+    """Chapter 07: ``fn(true_mask, stored_mask)`` returns (dy, dx), the shift (each in -3..3) that
     moves ``stored_mask`` onto ``true_mask`` (``np.roll(stored_mask, (dy, dx), (0, 1))``, best IoU)."""
     true = np.zeros((32, 32), np.uint8)
     true[8:24, 10:18] = 255
@@ -177,12 +266,12 @@ def mask_offset(fn: Callable[[np.ndarray, np.ndarray], tuple[int, int]]) -> bool
     return _report(True, "a shift no statistic sees, found by comparing the pictures")
 
 
-# --------------------------------------------------------------------------- 07
+# --------------------------------------------------------------------------- 08
 
 
 @_never_raises
 def leak_share(fn: Callable[[set, list], float]) -> bool:
-    """Chapter 07: ``fn(train_rooms, test_items)``: the share (0-1) of test composites, given as
+    """Chapter 08: ``fn(train_rooms, test_items)``: the share (0-1) of test composites, given as
     (bg, fg) pairs, whose room ``bg`` is also in ``train_rooms``."""
     train_rooms = {0, 1, 2, 5}
     test = [(0, 3), (3, 1), (4, 4), (5, 0), (6, 2), (3, 3), (1, 7), (7, 7)]
@@ -199,12 +288,12 @@ def leak_share(fn: Callable[[set, list], float]) -> bool:
     return _report(True, "3 of 8 test composites show a training room: their scores would flatter the model")
 
 
-# --------------------------------------------------------------------------- 08
+# --------------------------------------------------------------------------- 09
 
 
 @_never_raises
 def receptive_field(answer: int | None) -> bool:
-    """Chapter 08: the receptive field, in input pixels, of one output pixel of
+    """Chapter 09: the receptive field, in input pixels, of one output pixel of
     3x3 conv, 3x3 conv, 2x2 max-pool (stride 2), 3x3 conv, 3x3 conv (padding 1 throughout)."""
     want = 14  # 1 + 2 + 2 at stride 1, the pool adds 1, each later 3x3 conv adds 2 x 2
     if answer is None:
@@ -219,12 +308,12 @@ def receptive_field(answer: int | None) -> bool:
     return _report(True, "14 px; models.receptive_field measures the same on the real stack")
 
 
-# --------------------------------------------------------------------------- 09
+# --------------------------------------------------------------------------- 10
 
 
 @_never_raises
 def iou(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
-    """Chapter 09: ``fn(pred, target)`` with (N, 1, H, W) tensors in 0-1 returns the IoU per image, (N,),
+    """Chapter 10: ``fn(pred, target)`` with (N, 1, H, W) tensors in 0-1 returns the IoU per image, (N,),
     masks binarised at 0.5, and 1 where both masks are empty."""
     from .metrics import iou as reference
 
@@ -249,12 +338,12 @@ def iou(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
     return _report(True, "IoU per image, empty masks included")
 
 
-# --------------------------------------------------------------------------- 10
+# --------------------------------------------------------------------------- 11
 
 
 @_never_raises
 def steps_per_run(answer: int | None) -> bool:
-    """Chapter 10: optimizer steps of 6 epochs over 240,000 training composites in batches of 64,
+    """Chapter 11: optimizer steps of 6 epochs over 240,000 training composites in batches of 64,
     the last incomplete batch of each epoch dropped."""
     want = 6 * (240_000 // 64)
     if answer is None:
@@ -268,12 +357,41 @@ def steps_per_run(answer: int | None) -> bool:
     return _report(True, f"{want:,} steps: the length the one-cycle schedule is built for")
 
 
-# --------------------------------------------------------------------------- 11
+# --------------------------------------------------------------------------- 12
+
+
+@_never_raises
+def rank_batches(fn: Callable[[int, int, int], list]) -> bool:
+    """Chapter 12: ``fn(n_batches, rank, world)`` lists the batch numbers process ``rank`` of ``world``
+    trains on: every ``world``-th batch from ``rank`` on, the same count on every process (the
+    batches left over when ``world`` does not divide ``n_batches`` are dropped)."""
+    for n, world in ((10, 3), (8, 2), (7, 1), (5, 4), (2, 4)):
+        got = [list(map(int, _answer(fn, n, r, world, want="a list of batch numbers"))) for r in range(world)]
+        per = n // world
+        want = [list(range(r, per * world, world)) for r in range(world)]
+        if got == want:
+            continue
+        counts = [len(g) for g in got]
+        if len(set(counts)) > 1:
+            return _report(False, f"with {n} batches on {world} processes the counts are {counts}: a process with "
+                                  "a step more waits for the others forever. Drop the batches left over")
+        flat = [b for g in got for b in g]
+        if len(flat) != len(set(flat)):
+            return _report(False, f"with {n} batches on {world} processes two processes train the same batch")
+        if counts[0] < per:
+            return _report(False, f"with {n} batches on {world} processes each should take {per}, not {counts[0]}: "
+                                  "drop only what does not divide evenly")
+        return _report(False, f"with {n} batches on {world} processes: got {got}, expected {want}; "
+                              "take every world-th batch, starting at rank")
+    return _report(True, "equal counts, no batch twice: every process takes the same number of steps")
+
+
+# --------------------------------------------------------------------------- 13
 
 
 @_never_raises
 def aligned_rmse(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
-    """Chapter 11: ``fn(pred, target)`` with (N, 1, H, W) depth maps returns, per image, the RMSE left
+    """Chapter 13: ``fn(pred, target)`` with (N, 1, H, W) depth maps returns, per image, the RMSE left
     after the least-squares scale s and shift t of ``pred`` (s * pred + t against target, clipped to 0-1)."""
     from .metrics import aligned, rmse
 

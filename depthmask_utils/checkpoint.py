@@ -1,5 +1,5 @@
 """The run folder: checkpoints, ``config.json``, the history files - written by :mod:`train`,
-read by :mod:`evaluate` and chapter 11.
+read by :mod:`evaluate` and chapter 13.
 
 Every file is written atomically (a temporary name, then a rename), so a killed run never leaves
 half a file, and every checkpoint loads with ``torch.load(weights_only=True)``.

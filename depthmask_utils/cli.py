@@ -31,7 +31,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    """Make the composites and masks (chapter 03); skipped inputs are listed on stderr."""
+    """Make the composites and masks (chapters 03-04); skipped inputs are listed on stderr."""
     from .overlay import generate
 
     r = generate(args.bg, args.fg, args.out, size=args.size, placements=args.placements,
@@ -57,7 +57,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_label_depth(args) -> int:
-    """Add depth labels from a teacher (chapter 04); resumes shard by shard."""
+    """Add depth labels from a teacher (chapter 05); resumes shard by shard."""
     from .depth import label_depth
 
     from .pipeline import labelling_teacher
@@ -75,7 +75,7 @@ def cmd_label_depth(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    """Exact mean and std per category and channel -> DATASET/stats.json (chapter 05)."""
+    """Exact mean and std per category and channel -> DATASET/stats.json (chapter 06)."""
     from .stats import dataset_stats
 
     s = dataset_stats(args.dataset, workers=args.workers)
@@ -85,7 +85,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_gallery(args) -> int:
-    """Grids per category and per-sample strips -> DATASET/gallery/ (chapter 06)."""
+    """Grids per category and per-sample strips -> DATASET/gallery/ (chapter 07)."""
     from .gallery import make_galleries
 
     for path in make_galleries(args.dataset, n=args.n, strips=args.strips, seed=args.seed):
@@ -120,7 +120,7 @@ def cmd_pack(args) -> int:
 
 
 def cmd_train(args) -> int:
-    """Train (or resume) a run (chapter 10); options override the profile's training values."""
+    """Train (or resume) a run (chapter 11); options override the profile's training values."""
     from .train import train
 
     r = train(args.dataset, args.out, _train_config(args), progress=not args.no_progress,
@@ -130,7 +130,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    """Score a run on the test groups -> RUN/metrics.json and per_image.csv (chapter 11)."""
+    """Score a run on the test groups -> RUN/metrics.json and per_image.csv (chapter 13)."""
     import json
 
     from .evaluate import evaluate
@@ -142,7 +142,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    """Mask and depth PNGs for new images, at their own size (chapter 11)."""
+    """Mask and depth PNGs for new images, at their own size (chapter 13)."""
     from .evaluate import predict
 
     written = predict(args.run, args.bg, args.fg_bg, args.out, device=args.device)

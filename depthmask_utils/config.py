@@ -171,7 +171,7 @@ def train_config(profile: "Profile | str" = "sample", sets: typing.Iterable[str]
 class Profile:
     """A named, frozen set of parameter values: sample world, composites, depth teacher, training.
 
-    ``train`` holds the :class:`TrainConfig` of chapter 10 and the ``train`` command.
+    ``train`` holds the :class:`TrainConfig` of chapter 11 and the ``train`` command.
     """
     name: str
     n_bg: int  # sample-world backgrounds to render
@@ -186,7 +186,7 @@ class Profile:
     teacher: str  # default depth teacher for this profile
     teacher_input: int  # side the teacher sees (multiple of 14 for ViT teachers)
     batch_size: int
-    train: TrainConfig = field(default_factory=TrainConfig)  # chapter 10 and `train` (see train_config)
+    train: TrainConfig = field(default_factory=TrainConfig)  # chapter 11 and `train` (see train_config)
     network_teacher: str = "mini"  # labels photos without exact depth (your own) and estimates their floors
     depth_mode: str = "bg-plus-foreground"  # how the teacher labels: per-composite or bg-plus-foreground
     min_composites: int = 0  # fewer photos than n_bg x n_fg get more placements, up to this many composites

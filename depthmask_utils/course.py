@@ -24,7 +24,8 @@ BADGE_RE = re.compile(r"^\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)$", re.M)
 
 # What each chapter installs on Colab beyond the package's core (pyproject extras); Colab already
 # ships torch, so the extras add only what is missing and never reinstall torch.
-EXTRAS = {"04": "depth", "07": "model", "08": "model", "09": "model", "10": "model", "11": "model"}
+# chapters 03-04 estimate floors with the depth teacher (Depth Anything V2 on `full`), 05 labels with it
+EXTRAS = {"03": "depth", "04": "depth", "05": "depth", **{f"{n:02d}": "model" for n in range(8, 14)}}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Chapter 07: data loading - a PyTorch Dataset over the shards, and loaders (augmentation: :mod:`augment`).
+"""Chapter 08: data loading - a PyTorch Dataset over the shards, and loaders (augmentation: :mod:`augment`).
 
 ``CompositeDataset(root, split)[i]`` is a dict of **uint8** tensors::
 
@@ -95,7 +95,7 @@ def split_composites(root: str | Path, split: str | Sequence[Composite], split_s
 
 
 class CompositeDataset(Dataset):
-    """The dataset of chapter 03/04 as PyTorch sees it.
+    """The dataset of chapters 04 and 05 as PyTorch sees it.
 
     Args:
         root: the dataset folder (must be depth-labelled).
@@ -220,7 +220,7 @@ class OnTheFlyDataset(CompositeDataset):
     Same items (bg, fg, flip) and output as :class:`CompositeDataset`, but each epoch draws new
     boxes from ``default_rng([seed, epoch, bg, fg, flip, k])``, on the dataset's floors where it was
     placed on floors (chapter 03's rule: feet on the floor), else anywhere. So the model never sees the
-    same composite twice and the disk holds only the inputs. Depth follows chapter 04's foot-point
+    same composite twice and the disk holds only the inputs. Depth follows chapter 05's foot-point
     rule on the room's depth: exact for the sample world, else the labelling teacher's map of the
     empty room, stored once per room by ``label-depth`` (``room_depth/``).
     """

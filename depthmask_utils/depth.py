@@ -1,4 +1,4 @@
-"""Chapter 04: depth labels from a pretrained teacher.
+"""Chapter 05: depth labels from a pretrained teacher.
 
 Teachers (:data:`TEACHERS`):
 
@@ -518,7 +518,7 @@ ROOM_DEPTH = "room_depth"  # DATASET/room_depth/<bg>.png: a network teacher's de
 
 def store_room_depths(dataset: Path, get_teacher, size: int, made_by: dict) -> int:
     """Write the teacher's inverse depth of every empty background that has none yet, as 16-bit PNG
-    normalised per room (``room_depth/<bg:03d>.png``): what on-the-fly composites (chapter 07) paste
+    normalised per room (``room_depth/<bg:03d>.png``): what on-the-fly composites (chapter 08) paste
     people into. Normalising loses nothing they need, since the foot-point rule commutes with any
     positive scale and shift. ``get_teacher()`` is called only if a room is missing. ``made_by``
     (teacher and weights) is recorded in ``room_depth/teacher.json``; maps made by another teacher are
@@ -611,7 +611,7 @@ def person_visibility(dataset: str | Path, rows: list[dict] | None = None, n: in
 
 
 def uniform_vs_floor(dataset: str | Path, n: int = 200, seed: int = 0, room_depth=None, margin: float = 0.03) -> dict:
-    """Chapter 04's measurement: does the person stand out in the depth label, placed uniformly vs as stored?
+    """Chapter 05's measurement: does the person stand out in the depth label, placed uniformly vs as stored?
 
     Re-plans the dataset's own ``(bg, fg, flip, k)`` without floors (boxes anywhere in the frame, by
     :func:`overlay.build_plan` with the dataset's size, placements, scale and seed), composites and

@@ -1,4 +1,4 @@
-"""Chapter 10: training on several processes (``torchrun``), the few collective steps it needs.
+"""Chapter 12: training on several processes (``torchrun``), the few collective steps it needs.
 
 With ``torchrun --nproc-per-node=N`` every process runs the same ``train``; each takes every N-th
 batch, and DistributedDataParallel averages the model's gradients. What DDP does not do by itself,

@@ -1,4 +1,4 @@
-"""Chapter 11: evaluation on unseen rooms and people, prediction on new images, ONNX export.
+"""Chapter 13: evaluation on unseen rooms and people, prediction on new images, ONNX export.
 
 ``evaluate(run, dataset)`` writes ``RUN/metrics.json``: ``"test"`` holds the means over every test
 composite, ``"groups"`` the same per group (``unseen_bg``: rooms never seen in training;

@@ -1,5 +1,5 @@
 """Figures every chapter draws: a row of images, a grid of inputs and predictions, RGBA over a
-checkerboard. The dataset galleries of chapter 06 (:mod:`depthmask_utils.gallery`) build on these.
+checkerboard. The dataset galleries of chapter 07 (:mod:`depthmask_utils.gallery`) build on these.
 
 Conventions shared by all figures: greyscale on a fixed range, never autoscaled per image (the same
 grey means the same value everywhere); depth through one colormap, near = bright, with a colour bar

@@ -1,7 +1,7 @@
 """Chapter 03: where can a person stand? An automatic floor estimate from a depth map.
 
 Your own photos come without floor masks. A person pasted on a wall or a tree top gets that surface's
-depth by the foot-point rule and vanishes in their own depth label (chapter 04), so placements need a
+depth by the foot-point rule and vanishes in their own depth label (chapter 05), so placements need a
 floor. This module finds one in the teacher's depth of the empty background.
 
 The idea: for a pinhole camera, the *inverse* depth of any plane is a linear function of the pixel,

@@ -1,4 +1,4 @@
-"""Chapter 06: galleries - a grid per category and per-sample strips, saved as PNG.
+"""Chapter 07: galleries - a grid per category and per-sample strips, saved as PNG.
 
 Grids show ``n`` random items of one category (bg, fg, fg_mask, fg_bg, mask, depth); strips show
 one composite's whole story, bg | fg | fg_bg | mask | mask over fg_bg | depth, captioned from the

@@ -1,4 +1,4 @@
-"""Chapter 09: losses for the two heads, and how to weigh them.
+"""Chapter 10: losses for the two heads, and how to weigh them.
 
 Mask: binary cross-entropy (per pixel, well-behaved gradients) + Dice (the overlap, insensitive
 to how small the person is). Depth: the DenseDepth recipe - L1, structural similarity (SSIM) and

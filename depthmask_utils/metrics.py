@@ -1,4 +1,4 @@
-"""Chapter 09: metrics - mask overlap and boundaries, depth error - on (N, 1, H, W) tensors in 0-1.
+"""Chapter 10: metrics - mask overlap and boundaries, depth error - on (N, 1, H, W) tensors in 0-1.
 
 Every function returns one value **per image** (a (N,) tensor): average them over a test set, and
 keep them per image to find the worst cases. Masks are binarised at ``threshold`` (the stored mask

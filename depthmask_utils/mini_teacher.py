@@ -1,4 +1,4 @@
-"""Chapter 04: ``mini``, a small monocular depth network that works offline.
+"""Chapter 05: ``mini``, a small monocular depth network that works offline.
 
 The course cannot download Depth Anything V2 where there is no network, yet a student should see
 what a *network* teacher's labels look like and how they go wrong. ``mini`` is that network: a
@@ -8,7 +8,7 @@ course never uses (world seed 5), with the exact labels of the ``scene`` teacher
 (float16, about 4 MB) ship inside the package. So ``label-depth --teacher mini`` works anywhere.
 
 It knows the sample world's rooms and people, nothing else: on your own photos it is a weak teacher
-(Depth Anything V2 is the default there). Chapter 04 measures it against the exact depth.
+(Depth Anything V2 is the default there). Chapter 05 measures it against the exact depth.
 
 The network and its loading live in :mod:`mini_net` (what :mod:`depth` needs to label with it);
 this module trains it and measures it (:func:`train_mini_teacher`, :func:`teacher_error`).
@@ -89,7 +89,7 @@ def train_mini_teacher(dataset: str | Path, out: str | Path, minutes: float = 20
 
     Each batch mixes composites (the person at their foot-point depth) with empty rooms
     (``room_share`` of the items: what ``bg-plus-foreground`` asks the teacher for), mirrored at
-    random. Loss: chapter 09's DenseDepth loss (L1 + SSIM + image gradients). One-cycle schedule
+    random. Loss: chapter 10's DenseDepth loss (L1 + SSIM + image gradients). One-cycle schedule
     over the steps that fit in ``minutes`` (planned from the first 20 steps), bfloat16 autocast where
     the CPU computes it (:func:`train.amp_enabled`). Writes ``out`` (float16 weights, the
     architecture and what it was trained on); returns the training summary.

@@ -1,4 +1,4 @@
-"""Chapter 08: the model - (fg_bg, bg) in, (mask logits, depth) out.
+"""Chapter 09: the model - (fg_bg, bg) in, (mask logits, depth) out.
 
 Both models take two float tensors in 0-1, ``fg_bg`` and ``bg`` of shape (N, 3, H, W) (H and W
 multiples of 32 for the ResNet encoder, of unshuffle * 2**levels for the small U-Net), normalise them with the
@@ -156,7 +156,7 @@ class SmallUNet(nn.Module):
     same U-Net on the shrunk input (the first convolution sees four times the channels; the stem
     and the heads work at full size), yet it sees every input pixel and draws the outline at full
     resolution. On the sample data the true masks, shrunk to 64 px and enlarged back, score only
-    IoU 0.92-0.94 (chapter 08): a small person's outline is a few pixels wide at 64 px.
+    IoU 0.92-0.94 (chapter 09): a small person's outline is a few pixels wide at 64 px.
     H and W must be multiples of ``f * 2**levels``. ``upsample``: the decoder's resize (:class:`Up`).
 
     ``refine`` > 0 adds a :func:`refinement_head` of that many channels at the input's resolution: it
@@ -237,7 +237,7 @@ class ResNetUNet(nn.Module):
             raise WeightsUnavailable(
                 f"{w.url}: cannot fetch the ImageNet weights of {encoder} ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); train from random weights instead "
-                "(pretrained = 'no' in chapter 10, or train --no-pretrained), or put that file into "
+                "(pretrained = 'no' in chapter 11, or train --no-pretrained), or put that file into "
                 f"{torch.hub.get_dir()}/checkpoints/") from None
         self.norm = Normalise(stats)
         self.stem = nn.Sequential(six_channel_conv(net.conv1), net.bn1, net.relu)  # /2, 64

@@ -1,4 +1,4 @@
-"""Chapter 03: the generator - composites, masks, shards and the manifest of a dataset.
+"""Chapters 03-04: the generator - composites, masks, shards and the manifest of a dataset.
 
 :func:`generate` checks the inputs, plans every placement (:mod:`placement`: the plan, floors),
 pastes each person with the "over" operator (:mod:`compositing`), and writes one zip shard per
@@ -291,7 +291,8 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
     on_floor = sum(r["placement"] == "floor" for r in rows)
     uniform_bg = sorted({r["bg"] for r in rows if r["placement"] == "uniform"})
     log(f"placements on a floor: {on_floor} of {len(rows)} (floors: {floor_source})"
-        + (f"; {len(uniform_bg)} backgrounds without a usable floor are placed uniformly: "
+        + (f"; {len(rows) - on_floor} placements in {len(uniform_bg)} backgrounds found no floor spot the person "
+           "fits and are placed uniformly: "
            + ", ".join(bgs.sources[b] for b in uniform_bg[:8]) + (" ..." if len(uniform_bg) > 8 else "")
            if uniform_bg and placement == "floor" else ""))
 

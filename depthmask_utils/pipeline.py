@@ -1,7 +1,7 @@
 """Make sure what earlier chapters build exists: the world, the dataset, its labels, statistics, a run.
 
 Every chapter can run on its own: these build what earlier chapters would have built, skipping
-whatever is already there (each step resumes), so running chapter 11 first is fine.
+whatever is already there (each step resumes), so running chapter 13 first is fine.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def ensure_world(profile: Profile, root: str | Path = "../data") -> Path:
 
 def ensure_dataset(profile: Profile, root: str | Path = "../data", bg_dir=None, fg_dir=None, floor_dir=None,
                    placement: str | None = None, progress: bool = False, log=print) -> Path:
-    """The generated dataset of ``profile`` (chapter 03), built or resumed as needed.
+    """The generated dataset of ``profile`` (chapter 04), built or resumed as needed.
 
     ``bg_dir``/``fg_dir``: your own folders (either may be left None for the sample world's); the
     dataset lands in the same place as the sample world's would, so later chapters, which name no
@@ -72,7 +72,7 @@ def check_dataset_matches(profile: Profile, dataset: str | Path, bg_dir=None, fg
     differs = [f"{k} {made.get(k)!r} (profile {profile.name!r}: {v!r})" for k, v in wanted.items() if made.get(k) != v]
     if differs:
         raise DatasetError(f"{dataset}: was generated with other values than profile {profile.name!r}: "
-                           + "; ".join(differs) + ". Delete the folder to rebuild it (chapter 03), or use another data root")
+                           + "; ".join(differs) + ". Delete the folder to rebuild it (chapter 04), or use another data root")
 
 
 def labelling_teacher(profile: Profile, dataset: str | Path) -> tuple[str, str]:
@@ -88,7 +88,7 @@ def labelling_teacher(profile: Profile, dataset: str | Path) -> tuple[str, str]:
 
 def ensure_depth(profile: Profile, root: str | Path = "../data", progress: bool = False, log=print,
                  **label_kwargs) -> Path:
-    """The dataset with depth labels (chapter 04), labelled if needed by :func:`labelling_teacher`'s
+    """The dataset with depth labels (chapter 05), labelled if needed by :func:`labelling_teacher`'s
     choice, with pretrained weights, in the profile's ``depth_mode``."""
     from .depth import label_depth
     from .storage import read_json
@@ -102,7 +102,7 @@ def ensure_depth(profile: Profile, root: str | Path = "../data", progress: bool 
 
 
 def ensure_stats(profile: Profile, root: str | Path = "../data", log=print) -> Path:
-    """The labelled dataset with ``stats.json`` (chapter 05), what training needs."""
+    """The labelled dataset with ``stats.json`` (chapter 06), what training needs."""
     from .stats import dataset_stats
 
     dataset = ensure_depth(profile, root, log=log)
@@ -169,7 +169,7 @@ def stage_locally(dataset: str | Path, local_root: str | Path, log=print) -> Pat
 
 
 def ensure_run(profile: Profile, root: str | Path = "../data", log=print, sets=(), **overrides) -> Path:
-    """A trained run of ``profile`` (chapter 10): trains, resumes, or returns the finished one.
+    """A trained run of ``profile`` (chapter 11): trains, resumes, or returns the finished one.
 
     Always goes through :func:`train`, which returns at once for a finished run of the same
     configuration and refuses a run folder made by another one (an older profile's model is not

@@ -9,7 +9,7 @@ otherwise ``floor_dir`` holds masks named like the backgrounds, or :mod:`floor` 
 the foot point - the bottom centre of the box - is drawn from the floor, and where the
 background's depth is known too, the person's height follows perspective (height in pixels
 proportional to 1 / depth at the foot point, times a spread of real body heights). ``uniform``
-draws boxes anywhere in the frame, which puts people on walls and sofa backs: chapter 04 shows
+draws boxes anywhere in the frame, which puts people on walls and sofa backs: chapter 05 shows
 what that does to depth. Used by the generator (:mod:`overlay`), the on-the-fly loader
 (:mod:`data`) and the bg-plus-foreground labelling (:mod:`depth`).
 """

@@ -1,4 +1,4 @@
-"""The device to run on, and which floating-point type the forward pass runs in there (chapters 04 and 10).
+"""The device to run on, and which floating-point type the forward pass runs in there (chapters 05, 11 and 12).
 
 Mixed precision pays only where the hardware multiplies the smaller type natively:
 

@@ -1,4 +1,4 @@
-"""Chapter 05: exact mean and std per category and channel, in one streaming pass.
+"""Chapter 06: exact mean and std per category and channel, in one streaming pass.
 
 Every stored pixel is an 8-bit integer, so a per-channel 256-bin histogram holds everything
 needed: ``sum = sum(v * count)``, ``sum_sq = sum(v^2 * count)``. Histograms add across images,
@@ -178,7 +178,7 @@ class DatasetStats:
 
 
 def batch_averaged(moments: list[tuple[list[float], list[float]]]) -> dict:
-    """Mean of per-batch means and of per-batch stds: the common shortcut chapter 05 takes apart.
+    """Mean of per-batch means and of per-batch stds: the common shortcut chapter 06 takes apart.
 
     ``moments``: one ``(means, stds)`` pair per batch, each a list with one value per channel
     (0..1 scale). The mean of the means is exact for equal-sized batches; for equal-sized batches
@@ -271,7 +271,7 @@ def batched_std(hists: np.ndarray, batch: int, order: np.ndarray | None = None) 
 
 def plot_batch_std(result: DatasetStats, room_mean: np.ndarray, room_std: np.ndarray, channel: int = 2,
                    category: str = "fg_bg"):
-    """Chapter 05's picture of the batch-averaged std next to the exact one; returns the figure.
+    """Chapter 06's picture of the batch-averaged std next to the exact one; returns the figure.
 
     Left: one bar per room (= one batch), mean +- std of ``category`` in ``channel``, sorted by mean,
     over the exact band (mean +- exact std, blue) and the mean of the batch stds (red dashes).

@@ -1,4 +1,4 @@
-"""Chapter 10: training - one readable loop that survives Colab disconnects.
+"""Chapters 11-12: training - one readable loop that survives Colab disconnects.
 
 ``train(dataset, run, config)`` trains the (fg_bg, bg) -> (mask, depth) model and keeps everything
 in the run folder::

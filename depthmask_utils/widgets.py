@@ -1,4 +1,4 @@
-"""Sliders to play with: chapter 01's fuzzy-select tolerance, chapter 03's placements, chapter 07's
+"""Sliders to play with: chapter 01's fuzzy-select tolerance, chapter 03's placements, chapter 08's
 augmentations.
 
 They need a live notebook (Jupyter or Colab) with ``ipywidgets``. Where nobody can move a slider

@@ -85,7 +85,7 @@ def _render(page: Path) -> Page:
 def test_the_book_was_built_and_a_browser_is_there():
     _need(bool(PAGES), f"no built book under {HTML}: run `jupyter-book build .`")
     _need(BROWSER is not None, "no chromium: `apt-get install chromium`")
-    assert len([p for p in PAGES if p.parent.name == "notebooks"]) == 12
+    assert len([p for p in PAGES if p.parent.name == "notebooks"]) == 14
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.stem)

@@ -124,14 +124,59 @@ def test_every_chapters_coded_solution_passes_its_check():
             solution = re.search(r"```python\n(.*?)```", cells[i + 1], re.S)
             if solution is None:  # a number to work out: checked above
                 continue
-            space = {"np": np, "torch": torch}
+            space = {"np": np, "torch": torch, "Path": Path, "os": __import__("os")}  # what the chapters import
             exec(solution.group(1), space)
             assert getattr(check, call.group(1))(space[call.group(2)]), path.name
             found += 1
-    assert found >= 7
+    assert found >= 9
 
 
 def test_an_answer_of_the_wrong_form_gets_a_hint_not_a_traceback(capsys):
     assert not check.std_from_histogram(lambda h: 0.5) and "unexpected form" in capsys.readouterr().out
     assert not check.mask_offset(lambda t, s: 0) and "unexpected form" in capsys.readouterr().out
     assert not check.leak_share(lambda rooms, items: (1, 2)) and "unexpected form" in capsys.readouterr().out
+
+
+def test_write_atomically(capsys):
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from depthmask_utils.storage import atomic_write_bytes
+
+    def elsewhere(data, path):
+        tmp = Path(tempfile.mkdtemp()) / "part"
+        tmp.write_bytes(data)
+        shutil.move(tmp, path)
+
+    def copied(data, path):
+        tmp = Path(path).with_name("part")
+        tmp.write_bytes(data)
+        shutil.copy(tmp, path)
+
+    def low_level(data, path):  # os.open and os.rename are watched too
+        fd = os.open(f"{path}.part", os.O_WRONLY | os.O_CREAT)
+        os.write(fd, data)
+        os.close(fd)
+        os.rename(f"{path}.part", path)
+
+    import builtins
+    real_open = builtins.open
+    assert check.write_atomically(lambda d, p: atomic_write_bytes(p, d))  # the package's own
+    assert check.write_atomically(low_level)
+    assert not check.write_atomically(lambda d, p: Path(p).write_bytes(d)) and "directly" in capsys.readouterr().out
+    assert not check.write_atomically(elsewhere) and "another folder" in capsys.readouterr().out
+    assert not check.write_atomically(copied) and "directly" in capsys.readouterr().out
+    assert not check.write_atomically(lambda d, p: None) and "does not hold" in capsys.readouterr().out
+    assert not check.write_atomically(lambda d, p: 1 / 0) and "ZeroDivisionError" in capsys.readouterr().out
+    assert builtins.open is real_open and os.replace.__module__ == "posix"  # the watch is undone
+
+
+def test_rank_batches(capsys):
+    assert check.rank_batches(lambda n, r, w: list(range(r, n // w * w, w)))
+    assert not check.rank_batches(lambda n, r, w: list(range(r, n, w))) and "forever" in capsys.readouterr().out
+    assert not check.rank_batches(lambda n, r, w: list(range(n))) and "same batch" in capsys.readouterr().out
+    assert not check.rank_batches(lambda n, r, w: list(range(r * (n // w), (r + 1) * (n // w)))) and \
+        "every world-th" in capsys.readouterr().out
+    assert not check.rank_batches(lambda n, r, w: [r]) and "drop only" in capsys.readouterr().out

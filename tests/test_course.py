@@ -26,8 +26,8 @@ def _tagged(path: Path, tag: str) -> list[str]:
     return ["".join(c["source"]) for c in _cells(path) if tag in c.get("metadata", {}).get("tags", [])]
 
 
-def test_twelve_chapters_in_order():
-    assert [p.name[:2] for p in CHAPTERS] == [f"{i:02d}" for i in range(12)]
+def test_fourteen_chapters_in_order():
+    assert [p.name[:2] for p in CHAPTERS] == [f"{i:02d}" for i in range(14)]
 
 
 def test_badges_and_install_cells_match_config():
@@ -81,14 +81,14 @@ def _fake_colab(monkeypatch, returncode: int):
 def test_install_cell_does_nothing_off_colab(monkeypatch):
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     ns = {"data_root": "../data", "drive": False}
-    exec(course.install_cell(course.repository(), "03_overlays.ipynb"), ns)
+    exec(course.install_cell(course.repository(), "03_placing_and_compositing.ipynb"), ns)
     assert ns["data_root"] == "../data"
 
 
 def test_install_cell_stops_with_the_failing_step(monkeypatch):
     calls = _fake_colab(monkeypatch, returncode=128)
     with pytest.raises(SystemExit, match="while cloning https://github.com/.*\n.*repository not found"):
-        exec(course.install_cell(course.repository(), "10_training.ipynb"), {"data_root": "../data", "drive": False})
+        exec(course.install_cell(course.repository(), "11_training_loop.ipynb"), {"data_root": "../data", "drive": False})
     assert list(calls[0][:2]) == ["git", "clone"]
 
 
@@ -97,7 +97,7 @@ def test_install_cell_installs_the_extra_and_uses_absolute_paths(monkeypatch):
     chdirs = []
     monkeypatch.setattr("os.chdir", chdirs.append)
     ns = {"data_root": "../data", "drive": False}
-    exec(course.install_cell(course.repository(), "10_training.ipynb"), ns)
+    exec(course.install_cell(course.repository(), "11_training_loop.ipynb"), ns)
     assert calls[1][-1].endswith("depthmask-course[model]") and "-e" in calls[1]
     assert chdirs == ["/content/depthmask-course/notebooks"] and Path(ns["data_root"]).is_absolute()
 
@@ -200,3 +200,22 @@ def test_course_commands_outside_a_checkout_say_what_they_need(tmp_path, capsys)
         repository(tmp_path / "_config.yml")
     assert cli.main(["run", "--notebooks", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert "checkout of the course" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name[:2])
+def test_every_chapter_is_a_lesson(path):
+    """Badge and objectives on top, a failure shown next to its fix, a summary, 3-5 exercises each
+    with a hidden solution (one coded and checked from chapter 03 on), and the next chapter last."""
+    cells = _cells(path)
+    md = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    assert "colab-badge" in md[0] and "**You will learn to**" in md[0], path.name
+    assert any(re.search(r"^#+ .*What goes wrong", s, re.M) for s in md), f"{path.name}: no 'What goes wrong' section"
+    assert any(re.search(r"^## Summary", s, re.M) for s in md), f"{path.name}: no Summary"
+    start = next(i for i, s in enumerate(md) if s.startswith("## Exercises"))
+    exercises = "\n".join(md[start:])
+    n = len(re.findall(r"^\d\. ", exercises, re.M))
+    assert 3 <= n <= 5 and exercises.count(":::{dropdown} Solution") == n, f"{path.name}: {n} exercises"
+    if int(path.name[:2]) >= 3:
+        assert any(re.search(r"dm\.check\.\w+\(", s) for s in code), f"{path.name}: no coded exercise with dm.check"
+    assert md[-1].startswith("**Next:**"), f"{path.name}: the last cell is not the way on"

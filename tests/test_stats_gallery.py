@@ -101,7 +101,7 @@ def test_cli_stats_and_gallery(dataset):
     assert out.returncode == 2 and "dataset.json: missing" in out.stderr and "Traceback" not in out.stderr
 
 
-# --------------------------------------------------------------------------- batched std (chapter 05)
+# --------------------------------------------------------------------------- batched std (chapter 06)
 
 def _grouped_hists(seed: int = 0, groups: int = 6, per: int = 8) -> np.ndarray:
     """Per-image histograms (N, 1, 256) of groups with different means, like rooms."""
@@ -154,7 +154,7 @@ def test_image_histograms_rejects_prepared_categories(built):
         image_histograms(built, "bg")
 
 
-# --------------------------------------------------------------------------- galleries (chapter 06)
+# --------------------------------------------------------------------------- galleries (chapter 07)
 
 def test_mask_overlay_tints_only_the_mask():
     rgb = np.zeros((4, 4, 3), np.uint8)

@@ -76,7 +76,7 @@ def test_colab_install_cell_for_real_clone_install_and_first_cells(tmp_path):
                            capture_output=True, text=True, check=True).stdout.strip()
     outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (Path(inner) / "_colab_preinstalled.pth").write_text("\n".join(sorted(outer)) + "\n")
-    nb = json.loads((ROOT / "notebooks" / "04_depth_labels.ipynb").read_text())
+    nb = json.loads((ROOT / "notebooks" / "05_depth_labels.ipynb").read_text())
     cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"][:3]  # parameters, install, imports
     script = textwrap.dedent(f"""
         import sys
