@@ -225,12 +225,14 @@ PROFILES = {
     # Small enough for 2 CPU cores: 400 rooms (depth on unseen rooms generalises only with many
     # rooms) x 8 people x 2 flips x 1 placement = 6,400 composites. A small U-Net on the 128-px
     # composites folded 2 x 2 into channels, a full-size refinement and edge-weighted mask BCE for
-    # the outline of small people, mirror-only augmentation (a warp blurs their 1-2 px edges).
+    # the outline of small people, mirror-only augmentation (a warp blurs their 1-2 px edges);
+    # 1,600 steps (8 epochs of 3,200 composites) fill about 5 minutes of 2 CPU cores.
     # Why each value: benchmarks/README.md, "The sample profile".
     "sample": Profile("sample", n_bg=400, n_fg=8, world_size=168, size=128, placements=1, scale=(0.35, 0.65),
                       jpeg_quality=90, jpeg_chroma="444", seed=0, teacher="scene", teacher_input=126, batch_size=8,
-                      train=TrainConfig(model="small-unet", epochs=4, sizes=(128,), batch_size=16, lr=2e-3,
-                                        model_options={"base": 16, "unshuffle": 2, "upsample": "nearest", "refine": 8},
+                      train=TrainConfig(model="small-unet", epochs=8, samples_per_epoch=3200, sizes=(128,),
+                                        batch_size=16, lr=2e-3,
+                                        model_options={"base": 16, "unshuffle": 2, "upsample": "nearest", "refine": 16},
                                         depth_scale=0.5, edge_weight=5.0, val_samples=320, geometry="flip", workers=1),
                       min_composites=6400),
     # ImageNet weights for the encoder by default: the assignment's 400,000 composites train on a GPU

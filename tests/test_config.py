@@ -21,7 +21,7 @@ def test_one_override_rule_for_cli_notebooks_pipeline_and_benchmarks():
     assert cfg.model_options == {**sample.train.model_options, "refine": 4} and cfg.workers == sample.train.workers
     assert cfg.overrides == {"epochs": 2, "edge_weight": 5, "model_options.refine": 4, "sizes": [64, 128],
                              "geometry": "affine"} and cfg.profile == "sample"
-    assert sample.train.edge_weight == 5.0 and sample.train.model_options["refine"] == 8  # the profile is left alone
+    assert sample.train.edge_weight == 5.0 and sample.train.model_options["refine"] == 16  # the profile is left alone
     assert train_config(sample, ["workers=0"]).workers == 0  # zero means zero, as on the CLI
     assert train_config(sample, model="resnet18").model_options == {}  # another model: its own options
     for bad, message in ((["edge_wieght=1"], "edge_wieght: not a training value \\(did you mean edge_weight"),
