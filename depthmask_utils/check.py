@@ -52,6 +52,14 @@ def _answer(fn: Callable, *args, want: str):
     return got
 
 
+def _answer_call(fn: Callable, *args) -> None:
+    """``fn(*args)`` for a function that returns nothing; a hint if it raises."""
+    try:
+        fn(*args)
+    except Exception as exc:  # a student's code: any failure becomes a hint
+        raise _NotYet(f"your function raised {type(exc).__name__}: {exc}") from None
+
+
 # --------------------------------------------------------------------------- 03
 
 
@@ -169,14 +177,6 @@ def write_atomically(fn: Callable[[bytes, Path], None]) -> bool:
             if left:
                 return _report(False, f"a temporary file was left behind ({left[0]}): rename it, don't copy it")
     return _report(True, "the final name appears whole or not at all, as storage.atomic_path does it")
-
-
-def _answer_call(fn: Callable, *args) -> None:
-    """``fn(*args)`` for a function that returns nothing; a hint if it raises."""
-    try:
-        fn(*args)
-    except Exception as exc:  # a student's code: any failure becomes a hint
-        raise _NotYet(f"your function raised {type(exc).__name__}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- 05
