@@ -41,23 +41,16 @@ def _never_raises(check: Callable) -> Callable:
     return wrapped
 
 
-def _answer(fn: Callable, *args, want: str):
-    """``fn(*args)``, the student's function; a hint if it raises or returns None (``want``: what to return)."""
+def _answer(fn: Callable, *args, want: str | None):
+    """``fn(*args)``, the student's function; a hint if it raises, or returns None where it should
+    return ``want`` (None: a function that returns nothing)."""
     try:
         got = fn(*args)
     except Exception as exc:  # a student's code: any failure becomes a hint
         raise _NotYet(f"your function raised {type(exc).__name__}: {exc}") from None
-    if got is None:
+    if got is None and want is not None:
         raise _NotYet(f"your function returned None; return {want}")
     return got
-
-
-def _answer_call(fn: Callable, *args) -> None:
-    """``fn(*args)`` for a function that returns nothing; a hint if it raises."""
-    try:
-        fn(*args)
-    except Exception as exc:  # a student's code: any failure becomes a hint
-        raise _NotYet(f"your function raised {type(exc).__name__}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- 03
@@ -161,7 +154,7 @@ def write_atomically(fn: Callable[[bytes, Path], None]) -> bool:
                 target.write_bytes(before)
             log = _WriteLog()
             with log.watching():
-                _answer_call(fn, data, target)
+                _answer(fn, data, target, want=None)
             if target in log.written:
                 return _report(False, "you wrote the final name directly: a process killed halfway leaves half a "
                                       "file there, and a re-run takes it for finished. Write a temporary name first")

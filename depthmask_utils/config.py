@@ -157,7 +157,7 @@ def train_config(profile: "Profile | str" = "sample", sets: typing.Iterable[str]
     ``model_options`` and ``depth_scale`` (the profile's belong to its own model). The applied
     values are kept in ``overrides``, which the run's ``config.json`` records.
     """
-    profile = get_profile(profile) if isinstance(profile, str) else profile
+    profile = as_profile(profile)
     applied = {k: v for k, v in values.items() if v is not None}
     applied.update(parse_set(item) for item in sets)
     base = profile.train
@@ -260,6 +260,11 @@ def get_profile(name: str = "sample", **overrides) -> Profile:
     return replace(PROFILES[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
+def as_profile(profile: "Profile | str") -> Profile:
+    """``profile`` itself, or the profile of that name (:func:`get_profile`)."""
+    return get_profile(profile) if isinstance(profile, str) else profile
+
+
 def from_profile(profile: "Profile | str", **values) -> tuple:
     """``values`` in order, each None replaced by the profile's field of the same name: how package
     functions take their defaults from a profile (``generate(..., size=None)`` is the profile's size).
@@ -267,7 +272,7 @@ def from_profile(profile: "Profile | str", **values) -> tuple:
     >>> from_profile("sample", size=None, placements=3)
     (128, 3)
     """
-    p = get_profile(profile) if isinstance(profile, str) else profile
+    p = as_profile(profile)
     return tuple(getattr(p, k) if v is None else v for k, v in values.items())
 
 

@@ -40,7 +40,7 @@ from PIL import Image
 
 from .backgrounds import center_crop_box
 from .dataset import DATASET_JSON, LABELS_MEMBER, MANIFEST_CSV, load_prepared, member, member_pattern
-from .config import from_profile
+from .config import Profile, as_profile, from_profile
 from .errors import DatasetError, TeacherUnavailable
 from .parallel import run_tasks
 from .sample import read_depth_mm
@@ -416,7 +416,8 @@ def _relabel_shard(job: ShardJob) -> int:
 def label_depth(dataset: str | Path, teacher: str | None = None, mode: str | None = None,
                 batch_size: int | None = None, device: str | None = None, weights: str = "pretrained",
                 teacher_path: str | Path | None = None, input_size: int | None = None, overwrite: bool = False,
-                progress: bool = True, teacher_model: HFTeacher | None = None, profile=None) -> LabelResult:
+                progress: bool = True, teacher_model: HFTeacher | None = None,
+                profile: Profile | str | None = None) -> LabelResult:
     """Add ``depth/<id>.png`` to every shard of ``dataset`` and depth columns to the manifest.
 
     ``teacher``, ``mode`` (the profile's ``depth_mode``), ``batch_size`` and ``input_size`` (its
@@ -430,14 +431,15 @@ def label_depth(dataset: str | Path, teacher: str | None = None, mode: str | Non
     """
     from tqdm import tqdm
 
-    teacher, mode, batch_size, input_size = from_profile(profile or "sample", teacher=teacher, depth_mode=mode,
+    profile = as_profile(profile or "sample")
+    teacher, mode, batch_size, input_size = from_profile(profile, teacher=teacher, depth_mode=mode,
                                                          batch_size=batch_size, teacher_input=input_size)
     dataset = Path(dataset)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}")
     if teacher not in TEACHERS:
         raise ValueError(f"unknown teacher {teacher!r}; choose one of {', '.join(TEACHERS)}")
-    if weights == "random" and getattr(profile, "name", profile) == "full" and teacher != SceneTeacher.name:
+    if weights == "random" and profile.name == "full" and teacher != SceneTeacher.name:
         raise TeacherUnavailable(f"{dataset}: random teacher weights are refused on the full profile: they would "
                                  "label the whole dataset with noise. Use pretrained weights (the default), or "
                                  "--teacher mini offline")
