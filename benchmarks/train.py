@@ -103,6 +103,8 @@ def main() -> None:
     ap.add_argument("--rooms", type=int, help="sample world with this many rooms instead of the profile's")
     ap.add_argument("--placements", type=int, help="placements per person and room instead of the profile's")
     ap.add_argument("--people", type=int, help="sample world with this many people instead of the profile's")
+    ap.add_argument("--fg-per-bg", type=int,
+                    help="people placed in each room instead of the profile's (0: every person in every room)")
     ap.add_argument("--seed", type=int, help="sample world (rooms, people, placements) drawn with this seed")
     ap.add_argument("--jpeg-chroma", choices=list(JPEG_CHROMA),
                     help="composites' chroma instead of the profile's (420: OpenCV's default, half-resolution colour)")
@@ -122,11 +124,13 @@ def main() -> None:
     sample = get_profile("sample")
     if args.world == "sample":
         profile = sample
-        if args.rooms or args.placements or args.people:  # another sample world: rooms, people, placements
+        if args.rooms or args.placements or args.people or args.fg_per_bg is not None:  # another sample world
             n_bg, placements = args.rooms or sample.n_bg, args.placements or sample.placements
             n_fg = args.people or sample.n_fg
-            profile = replace(sample, name=f"rooms{n_bg}x{placements}" + (f"_people{n_fg}" if args.people else ""),
-                              n_bg=n_bg, n_fg=n_fg, placements=placements, min_composites=0)  # exactly as asked
+            per_bg = sample.fg_per_bg if args.fg_per_bg is None else args.fg_per_bg or None
+            profile = replace(sample, name=f"rooms{n_bg}x{placements}_people{n_fg}" + (f"_per{per_bg}" if per_bg else ""),
+                              n_bg=n_bg, n_fg=n_fg, placements=placements, min_composites=0,  # exactly as asked
+                              fg_per_bg=per_bg)
         if args.seed is not None and args.seed != sample.seed:  # the same recipe, another world
             profile = replace(profile, name=f"{profile.name}_seed{args.seed}", seed=args.seed)
     else:  # the assignment's 100 x 100 world, stored at the sample size so a CPU can train on it

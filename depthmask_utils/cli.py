@@ -37,7 +37,8 @@ def cmd_generate(args) -> int:
     r = generate(args.bg, args.fg, args.out, size=args.size, placements=args.placements,
                  scale=tuple(args.scale) if args.scale else None, seed=args.seed, workers=args.workers,
                  jpeg_quality=args.jpeg_quality, placement=args.placement, floor_dir=args.floor,
-                 jpeg_chroma=args.jpeg_chroma, floor_teacher=args.floor_teacher, profile=args.profile,
+                 jpeg_chroma=args.jpeg_chroma, floor_teacher=args.floor_teacher, fg_per_bg=args.fg_per_bg,
+                 profile=args.profile,
                  log=lambda line: print(line, file=sys.stderr if line.startswith("warning") else sys.stdout))
     for s in r.skipped:
         print(f"skipped {s['kind']} {s['file']}: {s['reason']}", file=sys.stderr)
@@ -228,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--size", type=int)
     sp.add_argument("--placements", type=int, help="per (bg, fg, flip); default: the profile's, raised for few "
                     "photos to reach its minimum dataset size")
+    sp.add_argument("--fg-per-bg", type=int, metavar="K",
+                    help="people in each background, in turn round all of them (default: the profile's; sample: 8; "
+                         "0: every person in every background)")
     sp.add_argument("--scale", type=float, nargs=2, metavar=("LO", "HI"))
     sp.add_argument("--seed", type=int)
     sp.add_argument("--workers", type=int)

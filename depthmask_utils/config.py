@@ -190,20 +190,27 @@ class Profile:
     network_teacher: str = "mini"  # labels photos without exact depth (your own) and estimates their floors
     depth_mode: str = "bg-plus-foreground"  # how the teacher labels: per-composite or bg-plus-foreground
     min_composites: int = 0  # fewer photos than n_bg x n_fg get more placements, up to this many composites
+    fg_per_bg: int | None = None  # people placed in each room (a subset that turns round them all); None: every one
 
     @property
     def expected_composites(self) -> int:
-        """Composites the dataset will hold: ``n_bg * n_fg * 2 flips * placements``."""
-        return self.n_bg * self.n_fg * 2 * self.placements
+        """Composites the dataset will hold: ``n_bg * people per room * 2 flips * placements``."""
+        return self.n_bg * people_per_bg(self.n_fg, self.fg_per_bg) * 2 * self.placements
 
     def placements_for(self, n_bg: int, n_fg: int) -> int:
         """Placements per (bg, fg, flip) for ``n_bg`` backgrounds and ``n_fg`` foregrounds: the
         profile's, or more when that would give fewer than ``min_composites`` (:func:`scaled_placements`)."""
-        return scaled_placements(self.placements, self.min_composites, n_bg, n_fg)
+        return scaled_placements(self.placements, self.min_composites, n_bg, people_per_bg(n_fg, self.fg_per_bg))
 
     def as_dict(self) -> dict:
         """All fields as a plain dict (``dataclasses.asdict``; nested values are copies)."""
         return asdict(self)
+
+
+def people_per_bg(n_fg: int, fg_per_bg: int | None) -> int:
+    """How many of ``n_fg`` foregrounds each background gets: ``fg_per_bg``, at most all of them
+    (``placement.foregrounds_for`` says which)."""
+    return n_fg if fg_per_bg is None else min(n_fg, fg_per_bg)
 
 
 MAX_PLACEMENTS = 100  # per (bg, fg, flip): beyond this, more placements of one pair teach little new
@@ -211,6 +218,7 @@ MAX_PLACEMENTS = 100  # per (bg, fg, flip): beyond this, more placements of one 
 
 def scaled_placements(placements: int, min_composites: int, n_bg: int, n_fg: int) -> int:
     """``placements``, raised so that ``n_bg * n_fg * 2 * placements`` reaches ``min_composites``
+    (``n_fg``: the people each background gets)
     (at most :data:`MAX_PLACEMENTS`).
 
     Training runs for a number of epochs, so its steps grow with the dataset: 10 of your own rooms
@@ -223,18 +231,19 @@ def scaled_placements(placements: int, min_composites: int, n_bg: int, n_fg: int
 
 PROFILES = {
     # Small enough for 2 CPU cores: 400 rooms (depth on unseen rooms generalises only with many
-    # rooms) x 8 people x 2 flips x 1 placement = 6,400 composites. A small U-Net on the 128-px
+    # rooms) x 8 people x 2 flips x 1 placement = 6,400 composites, each room's 8 taken in turn from
+    # 32 people (a model that learns "a person" from 7 people misses unseen ones). A small U-Net on the 128-px
     # composites folded 2 x 2 into channels, a full-size refinement and edge-weighted mask BCE for
     # the outline of small people, mirror-only augmentation (a warp blurs their 1-2 px edges);
     # 1,600 steps (8 epochs of 3,200 composites) fill about 5 minutes of 2 CPU cores.
     # Why each value: benchmarks/README.md, "The sample profile".
-    "sample": Profile("sample", n_bg=400, n_fg=8, world_size=168, size=128, placements=1, scale=(0.35, 0.65),
+    "sample": Profile("sample", n_bg=400, n_fg=32, world_size=168, size=128, placements=1, scale=(0.35, 0.65),
                       jpeg_quality=90, jpeg_chroma="444", seed=0, teacher="scene", teacher_input=126, batch_size=8,
                       train=TrainConfig(model="small-unet", epochs=8, samples_per_epoch=3200, sizes=(128,),
                                         batch_size=16, lr=2e-3,
                                         model_options={"base": 16, "unshuffle": 2, "upsample": "nearest", "refine": 16},
                                         depth_scale=0.5, edge_weight=5.0, val_samples=320, geometry="flip", workers=1),
-                      min_composites=6400),
+                      min_composites=6400, fg_per_bg=8),
     # ImageNet weights for the encoder by default: the assignment's 400,000 composites train on a GPU
     # with a download at hand (Colab); where none is possible, `pretrained` False says so in one line.
     "full": Profile("full", n_bg=100, n_fg=100, world_size=240, size=224, placements=20, scale=(0.35, 0.65),

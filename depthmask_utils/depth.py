@@ -640,7 +640,8 @@ def uniform_vs_floor(dataset: str | Path, n: int = 200, seed: int = 0, room_dept
     room_depth = room_depth or (lambda bg: scene_inverse_depth(dataset, bg, size))
     fgs = [load_prepared(dataset, "fg", j) for j in range(counts["fg"])]
     uniform = pd.DataFrame(build_plan([(f.shape[1], f.shape[0]) for f in fgs], counts["bg"], size,
-                                      params["placements"], tuple(params["scale"]), params["seed"]))  # no floors
+                                      params["placements"], tuple(params["scale"]), params["seed"],
+                                      fg_per_bg=params.get("fg_per_bg")))  # no floors
     pyramids, rooms, items = pyramids_for(fgs, size, tuple(params["scale"])), {}, {}
     for r in uniform.sample(min(n, len(uniform)), random_state=seed).sort_values("bg").itertuples():
         fg_bg, mask = composite(load_prepared(dataset, "bg", r.bg), pyramids[r.fg].placed(r.flip, r.w, r.h), r.x, r.y)

@@ -19,13 +19,13 @@ import numpy as np
 from . import __version__
 from .backgrounds import load_backgrounds
 from .compositing import ForegroundPyramid, blend_premultiplied, composite, pyramids_for  # noqa: F401 (chapter 03)
-from .config import MAX_PLACEMENTS, Profile, from_profile, scaled_placements
+from .config import MAX_PLACEMENTS, Profile, from_profile, people_per_bg, scaled_placements
 from .dataset import (DATASET_JSON, FORMAT, MANIFEST_CSV, PARAMS_JSON, member, member_pattern, prepared_path,
                       read_params)
 from .errors import DatasetError, InputError
 from .masks import alpha_to_mask, load_foregrounds
 from .parallel import run_tasks
-from .placement import (PLACEMENTS, PLAN_VERSION, Floor, find_floors, placement_rng, plan_background,  # noqa: F401
+from .placement import (PLACEMENTS, PLAN_VERSION, Floor, find_floors, foregrounds_for, placement_rng, plan_background,  # noqa: F401
                         plan_floor_placements, plan_placements)
 from .storage import (GREY_PNG_DEFLATE, JPEG_CHROMA, MANIFEST_FIELDS, PLACEMENT_FIELDS, atomic_write_bytes,
                       atomic_write_json, encode_jpeg_bgr, encode_png, encode_png_rows, read_json,
@@ -102,9 +102,11 @@ class GenerateResult:
     floors: str = "none"  # where the floors came from: "given", "sample world", "estimated by <teacher>", "none"
     warnings: list = field(default_factory=list)  # inputs that work but may not be what you meant
     placements: int = 0  # per (bg, fg, flip): the asked number, or more for few photos (min_composites)
+    fg_per_bg: int = 0  # people placed in each background (all n_fg, or a subset that turns round them)
 
     def __repr__(self) -> str:  # what notebooks print: the same for a fresh and a resumed run
-        return (f"GenerateResult({self.n_bg} bg x {self.n_fg} fg x 2 flips -> {self.composites} composites "
+        people = f"{self.n_fg} fg" if self.fg_per_bg in (0, self.n_fg) else f"{self.fg_per_bg} of {self.n_fg} fg"
+        return (f"GenerateResult({self.n_bg} bg x {people} x 2 flips -> {self.composites} composites "
                 f"in {self.shards} shards, {len(self.skipped)} inputs skipped; {self.on_floor} of {self.composites} "
                 f"on a floor (floors: {self.floors}))")
 
@@ -146,6 +148,11 @@ def estimate_floors(bg_images: list[np.ndarray], teacher: str, device: str | Non
             for m in model.predict(np.stack(bg_images[i:i + 16]))]
 
 
+def _count(n: int, noun: str) -> str:
+    """``"1 placement"``, ``"6 placements"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _params_digest(params: dict) -> str:
     return json.dumps(params, sort_keys=True)
 
@@ -155,12 +162,15 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
              workers: int | None = None, jpeg_quality: int | None = None, progress: bool = True,
              placement: str | None = None, floor_dir: str | Path | None = None, jpeg_chroma: str | None = None,
              floor_teacher: str | None = None, min_composites: int | None = None,
-             profile: Profile | str = "sample", log=print) -> GenerateResult:
+             fg_per_bg: int | None = None, profile: Profile | str = "sample", log=print) -> GenerateResult:
     """Build the dataset in ``out`` from the images in ``bg_dir`` and ``fg_dir``.
 
     Values left None are ``profile``'s (a :class:`config.Profile` or its name): ``floor_teacher`` is its ``network_teacher``;
     ``min_composites`` is its own, or 0 (``placements`` as given) when ``placements`` is given.
 
+    ``fg_per_bg``: how many people each background gets (:func:`placement.foregrounds_for`: a
+    subset that turns round all of them, so each appears in as many rooms); 0 or more than there
+    are: every person in every room, the assignment's ``n_bg * n_fg`` pairs.
     ``jpeg_chroma``: ``"444"`` (colour at full resolution) or ``"420"`` (half; smaller files, but it
     blurs the person's colour into the background by a pixel, which is where the mask is read).
     ``placement``: ``"floor"`` (feet on the floor masks of ``floor_dir``, or of the sample world's
@@ -182,9 +192,9 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
 
     if min_composites is None and placements is not None:
         min_composites = 0
-    size, placements, scale, seed, jpeg_quality, jpeg_chroma, floor_teacher, min_composites = from_profile(
+    size, placements, scale, seed, jpeg_quality, jpeg_chroma, floor_teacher, min_composites, fg_per_bg = from_profile(
         profile, size=size, placements=placements, scale=scale, seed=seed, jpeg_quality=jpeg_quality,
-        jpeg_chroma=jpeg_chroma, network_teacher=floor_teacher, min_composites=min_composites)
+        jpeg_chroma=jpeg_chroma, network_teacher=floor_teacher, min_composites=min_composites, fg_per_bg=fg_per_bg)
     out = Path(out)
     if not 1 <= jpeg_quality <= 100:
         raise ValueError("jpeg_quality must be in 1..100")
@@ -209,12 +219,15 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
         + (f"; skipped {len(skipped)}: " + "; ".join(f"{s['file']} ({s['reason']})" for s in skipped) if skipped else ""))
     for w in warnings:
         log(f"warning: {w}")
-    asked, placements = placements, scaled_placements(placements, min_composites, len(bgs.images), len(fgs.images))
+    per_bg = people_per_bg(len(fgs.images), fg_per_bg or None)
+    if per_bg < len(fgs.images):
+        log(f"people per background: {per_bg} of {len(fgs.images)}, in turn, so each appears in as many rooms")
+    asked, placements = placements, scaled_placements(placements, min_composites, len(bgs.images), per_bg)
     if placements != asked:
-        total = len(bgs.images) * len(fgs.images) * 2 * placements
+        total = len(bgs.images) * per_bg * 2 * placements
         log(f"placements: {placements} per (background, foreground, flip), not {asked}: "
-            f"{len(bgs.images)} x {len(fgs.images)} photos x 2 flips would give "
-            f"{len(bgs.images) * len(fgs.images) * 2 * asked} composites, and training needs about {min_composites:,}"
+            f"{len(bgs.images)} x {per_bg} photos x 2 flips would give "
+            f"{len(bgs.images) * per_bg * 2 * asked} composites, and training needs about {min_composites:,}"
             + ("" if total >= min_composites else f"; {total:,} is the most ({MAX_PLACEMENTS} placements): bring more photos"))
 
     if placement not in (None, *PLACEMENTS):
@@ -231,6 +244,8 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
               "fg_sources": fgs.sources}
     if estimate:
         params["floors"] = floor_source
+    if per_bg < len(fgs.images):  # recorded only when a subset: datasets of every pair keep their parameters
+        params["fg_per_bg"] = per_bg
     lock = out / PARAMS_JSON
     todo = [bg for bg in range(len(bgs.images)) if not (out / "shards" / shard_name(bg)).exists()]
     kept = False  # a finished dataset left exactly as it is
@@ -269,7 +284,7 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
     fg_sizes = [(f.shape[1], f.shape[0]) for f in fgs.images]
     (out / "shards").mkdir(exist_ok=True)
     remove_stale_temporaries(out / "shards")
-    plan = dict(fg_sizes=fg_sizes, size=size, placements=placements, scale=scale, seed=seed)
+    plan = dict(fg_sizes=fg_sizes, size=size, placements=placements, scale=scale, seed=seed, fg_per_bg=per_bg)
     # Finished shards (a resumed run) are only planned, here; the rest are planned and written by workers.
     planned = {bg: plan_background(bg, floor=floors[bg] if floors else None, **plan)
                for bg in range(len(bgs.images)) if bg not in todo}
@@ -277,9 +292,9 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
     # composite as it is; built once here and shared with the workers.
     bgr = [np.ascontiguousarray(b[..., ::-1]) for b in bgs.images]
     pyramids = pyramids_for([np.ascontiguousarray(f[..., [2, 1, 0, 3]]) for f in fgs.images], size, scale) if todo else []
-    per_bg = len(fg_sizes) * 2 * placements
     t1 = time.perf_counter()
-    with tqdm(total=len(bgs.images) * per_bg, initial=(len(bgs.images) - len(todo)) * per_bg, unit="img",
+    per_shard = per_bg * 2 * placements
+    with tqdm(total=len(bgs.images) * per_shard, initial=(len(bgs.images) - len(todo)) * per_shard, unit="img",
               desc="composites", disable=not progress) as bar:
         if todo:
             for bg, bg_rows in run_tasks(_write_one_shard, [(str(out / "shards" / shard_name(bg)), bg) for bg in todo],
@@ -291,14 +306,14 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
     on_floor = sum(r["placement"] == "floor" for r in rows)
     uniform_bg = sorted({r["bg"] for r in rows if r["placement"] == "uniform"})
     log(f"placements on a floor: {on_floor} of {len(rows)} (floors: {floor_source})"
-        + (f"; {len(rows) - on_floor} placements in {len(uniform_bg)} backgrounds found no floor spot the person "
-           "fits and are placed uniformly: "
+        + (f"; {_count(len(rows) - on_floor, 'placement')} in {_count(len(uniform_bg), 'background')} found no "
+           "floor spot the person fits, so placed uniformly: "
            + ", ".join(bgs.sources[b] for b in uniform_bg[:8]) + (" ..." if len(uniform_bg) > 8 else "")
            if uniform_bg and placement == "floor" else ""))
 
     result = GenerateResult(out, len(rows), len(bgs.images), len(todo), len(bgs.images), len(fgs.images), skipped,
                             {"inputs": t1 - t0, "shards": time.perf_counter() - t1}, on_floor, floor_source, warnings,
-                            placements)
+                            placements, per_bg)
     if not todo and (out / DATASET_JSON).exists():
         return result  # already complete: leave later chapters' additions (depth columns) alone
     write_manifest(out / MANIFEST_CSV, rows, MANIFEST_FIELDS + PLACEMENT_FIELDS)
@@ -306,7 +321,7 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
         "format": FORMAT,
         "version": __version__,
         "params": {k: v for k, v in params.items() if not k.endswith("_sources")},
-        "counts": {"bg": len(bgs.images), "fg": len(fgs.images), "flips": 2, "placements": placements,
+        "counts": {"bg": len(bgs.images), "fg": len(fgs.images), "fg_per_bg": per_bg, "flips": 2, "placements": placements,
                    "composites": len(rows), "masks": len(rows), "shards": len(bgs.images)},
         "inputs": {
             "bg_dir": str(Path(bg_dir).resolve()),

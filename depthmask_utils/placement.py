@@ -305,9 +305,30 @@ def placement_rng(seed: int, bg: int, fg: int, flip: int) -> np.random.Generator
     return np.random.default_rng([seed, bg, fg, flip])
 
 
+def foregrounds_for(bg: int, n_fg: int, fg_per_bg: int | None = None) -> list[int]:
+    """The foregrounds placed on background ``bg``: all ``n_fg`` of them, or ``fg_per_bg`` of them.
+
+    A subset turns in order round the people: background 0 takes people ``0..k-1``, background 1
+    the next ``k``, and so on, wrapping at ``n_fg``. So every person appears in as many rooms as
+    every other (within one), and the dataset holds ``n_bg * k`` pairs instead of ``n_bg * n_fg``:
+    four times the people at the same count of composites, which is what unseen people need.
+
+    >>> foregrounds_for(1, 32, 8), foregrounds_for(1, 10, 8), foregrounds_for(1, 5, 8)
+    ([8, 9, 10, 11, 12, 13, 14, 15], [0, 1, 2, 3, 4, 5, 8, 9], [0, 1, 2, 3, 4])
+    """
+    if fg_per_bg is None or fg_per_bg >= n_fg:
+        return list(range(n_fg))
+    if fg_per_bg < 1:
+        raise ValueError(f"fg_per_bg must be at least 1 (or None for every foreground), not {fg_per_bg}")
+    start = bg * fg_per_bg % n_fg
+    return sorted((start + i) % n_fg for i in range(fg_per_bg))
+
+
 def plan_background(bg: int, fg_sizes: list[tuple[int, int]], size: int, placements: int,
-                    scale: tuple[float, float], seed: int, floor: Floor | None = None) -> list[dict]:
-    """Manifest rows for every composite on background ``bg``, ordered by (fg, flip, k).
+                    scale: tuple[float, float], seed: int, floor: Floor | None = None,
+                    fg_per_bg: int | None = None) -> list[dict]:
+    """Manifest rows for every composite on background ``bg``, ordered by (fg, flip, k): every
+    foreground, or the ``fg_per_bg`` of :func:`foregrounds_for`.
 
     With a usable ``floor`` each (fg, flip) is placed on the floor when it holds all its placements;
     otherwise (and without ``floor``) uniformly. The row says which (``placement``) and where the
@@ -317,7 +338,7 @@ def plan_background(bg: int, fg_sizes: list[tuple[int, int]], size: int, placeme
     floor = floor if floor is not None and floor.usable else None
     depth_min = BoxMin(floor.depth) if floor is not None and floor.depth is not None else None  # once per room
     shard = f"shards/{shard_name(bg)}"
-    pairs = [(fg, flip) for fg in range(len(fg_sizes)) for flip in (0, 1)]
+    pairs = [(fg, flip) for fg in foregrounds_for(bg, len(fg_sizes), fg_per_bg) for flip in (0, 1)]
     on_floor = plan_floor_placements_many([fg_sizes[fg] for fg, _ in pairs], size, placements, scale,
                                           [placement_rng(seed, bg, fg, flip) for fg, flip in pairs], floor,
                                           depth_min) if floor else [None] * len(pairs)
@@ -338,10 +359,12 @@ def plan_background(bg: int, fg_sizes: list[tuple[int, int]], size: int, placeme
 
 
 def build_plan(fg_sizes: list[tuple[int, int]], n_bg: int, size: int, placements: int,
-               scale: tuple[float, float], seed: int, floors: list[Floor] | None = None) -> list[dict]:
+               scale: tuple[float, float], seed: int, floors: list[Floor] | None = None,
+               fg_per_bg: int | None = None) -> list[dict]:
     """Manifest rows for every composite, ordered by (bg, fg, flip, k): :func:`plan_background` for each
     background, on ``floors[bg]`` where given.
     """
     return [row for bg in range(n_bg)
-            for row in plan_background(bg, fg_sizes, size, placements, scale, seed, floors[bg] if floors else None)]
+            for row in plan_background(bg, fg_sizes, size, placements, scale, seed, floors[bg] if floors else None,
+                                       fg_per_bg)]
 

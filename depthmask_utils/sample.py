@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from .config import from_profile
 from .parallel import run_tasks
 from .storage import atomic_write_json
 
+WORLD_FOLDERS = ("bg", "bg_depth", "bg_floor", "fg")  # what make_sample_world writes, besides world.json
 DEPTH_SCALE_MM = 1000.0  # bg_depth PNGs store millimetres: uint16 covers 0..65.535 m
 
 
@@ -537,9 +539,15 @@ def make_sample_world(out: str | Path, n_bg: int | None = None, n_fg: int | None
     n_plain = max(1, n_fg // 8) if n_plain is None else n_plain
     params = {"n_bg": n_bg, "n_fg": n_fg, "size": size, "seed": seed, "n_plain": n_plain, "layout": 2}
     manifest = out / "world.json"
-    if manifest.exists() and json.loads(manifest.read_text()).get("params") == params:
-        return json.loads(manifest.read_text())
-    for sub in ("bg", "bg_depth", "bg_floor", "fg"):
+    if manifest.exists():
+        if json.loads(manifest.read_text()).get("params") == params:
+            return json.loads(manifest.read_text())
+        # Another world was rendered here: its files go first, or a room or person it had and
+        # this one has not (person_007.jpg on a plain backdrop, say) would be read as part of this one.
+        manifest.unlink()
+        for sub in WORLD_FOLDERS:
+            shutil.rmtree(out / sub, ignore_errors=True)
+    for sub in WORLD_FOLDERS:
         (out / sub).mkdir(parents=True, exist_ok=True)
     width = size * 4 // 3
     for _ in run_tasks(_write_room, [(str(out), i, seed, size, width) for i in range(n_bg)], workers):

@@ -357,3 +357,42 @@ def test_a_finished_dataset_made_with_other_values_is_not_reused_silently(datase
         check_dataset_matches(profile, root / "tiny" / "dataset")
     with pytest.raises(DatasetError, match="size 64 \\(profile 'tiny': 128\\)"):
         check_dataset_matches(replace(profile, size=128, jpeg_chroma="420"), root / "tiny" / "dataset")
+
+
+def test_each_room_holds_its_turn_of_the_people(world, tmp_path):
+    from depthmask_utils.placement import foregrounds_for
+
+    said = []
+    out = tmp_path / "ds"
+    result = generate(world / "bg", world / "fg", out, size=64, placements=3, workers=1, progress=False,
+                      fg_per_bg=2, log=said.append)
+    rows = read_manifest(out / "manifest.csv")
+    assert result.composites == len(rows) == 3 * 2 * 2 * 3  # rooms x people per room x flips x placements
+    assert "3 bg x 2 of 4 fg x 2 flips -> 36 composites" in repr(result)
+    assert "people per background: 2 of 4, in turn, so each appears in as many rooms" in said
+    for bg in range(3):
+        assert sorted({int(r["fg"]) for r in rows if int(r["bg"]) == bg}) == foregrounds_for(bg, 4, 2)
+    assert read_json(out / "dataset.json")["counts"]["fg_per_bg"] == 2
+    assert read_json(out / "params.json")["fg_per_bg"] == 2
+    assert verify(out, workers=1).ok
+    with pytest.raises(DatasetError, match="differs in: fg_per_bg"):  # every person now: not these shards
+        generate(world / "bg", world / "fg", out, size=64, placements=3, workers=1, progress=False, fg_per_bg=0)
+
+
+def test_a_sample_world_dataset_of_other_counts_is_not_reused(world, tmp_path):
+    from dataclasses import replace
+
+    from depthmask_utils.config import get_profile
+    from depthmask_utils.pipeline import check_dataset_matches
+
+    base = tmp_path / "tiny"  # a data root's profile folder: the sample world beside its dataset
+    shutil.copytree(world, base / "world")
+    generate(base / "world" / "bg", base / "world" / "fg", base / "dataset", size=64, placements=3, workers=1,
+             progress=False)
+    profile = replace(get_profile("sample"), name="tiny", n_bg=3, n_fg=4, size=64, placements=3, min_composites=0)
+    check_dataset_matches(profile, base / "dataset")
+    # The course's sample world grew from 8 to 32 people: a dataset of the old world must not feed it.
+    with pytest.raises(DatasetError, match="fg 4 \\(profile 'tiny': 32\\)"):
+        check_dataset_matches(replace(profile, n_fg=32), base / "dataset")
+    with pytest.raises(DatasetError, match="fg_per_bg None \\(profile 'tiny': 2\\)"):
+        check_dataset_matches(replace(profile, fg_per_bg=2), base / "dataset")

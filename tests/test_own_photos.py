@@ -240,7 +240,9 @@ def test_pack_refuses_an_unfinished_folder_and_zips_a_finished_one(built, tmp_pa
 
 def test_few_photos_get_more_placements_up_to_the_profiles_minimum():
     sample = config.get_profile("sample")
-    assert sample.placements_for(400, 8) == 1  # the sample world already holds 6,400
+    assert sample.placements_for(400, 32) == 1  # the sample world already holds 6,400: 8 of its 32 people a room
+    assert sample.expected_composites == 400 * 8 * 2 == 6400
+    assert sample.placements_for(10, 20) == 40  # each of 10 rooms takes 8 of 20 people: 160 a placement
     assert sample.placements_for(10, 5) == 64  # 10 rooms x 5 dogs x 2 flips: 100 a placement
     assert sample.placements_for(1, 1) == config.MAX_PLACEMENTS  # capped: more photos are the answer
     assert config.get_profile("full").placements_for(100, 100) == 20  # the assignment, as it stands

@@ -189,3 +189,24 @@ def test_labels_record_how_often_the_person_shows(labelled):
     again = depth.person_visibility(labelled)
     assert seen["share"] == again["share"] and seen["checked"] == again["checked"] > 0
     assert seen["share"] >= 0.9  # floor placement; uniform placement gives about 0.8 on the sample world
+
+
+@pytest.mark.parametrize("n_bg,n_fg,k", [(400, 32, 8), (10, 7, 3), (5, 5, 8), (3, 4, None)])
+def test_each_room_takes_its_turn_of_the_people(n_bg, n_fg, k):
+    rooms = [placement.foregrounds_for(bg, n_fg, k) for bg in range(n_bg)]
+    per = n_fg if k is None else min(k, n_fg)
+    assert all(len(r) == len(set(r)) == per and r == sorted(r) for r in rooms)
+    seen = np.bincount([fg for r in rooms for fg in r], minlength=n_fg)
+    assert seen.max() - seen.min() <= 1  # every person in as many rooms as every other, within one
+    assert rooms == [placement.foregrounds_for(bg, n_fg, k) for bg in range(n_bg)]  # a rule, not a draw
+
+
+def test_a_room_plans_only_its_people(world):
+    sizes = [(20, 40), (22, 44), (18, 40), (20, 50)]
+    rows = placement.build_plan(sizes, 3, 64, 2, (0.35, 0.65), 0, fg_per_bg=2)
+    assert len(rows) == 3 * 2 * 2 * 2
+    for bg in range(3):
+        assert sorted({r["fg"] for r in rows if r["bg"] == bg}) == placement.foregrounds_for(bg, 4, 2)
+    # A person's placements in a room are the same whichever other people share it: the streams are per (bg, fg, flip).
+    every = {r["id"]: r for r in placement.build_plan(sizes, 3, 64, 2, (0.35, 0.65), 0)}
+    assert all(every[r["id"]] == r for r in rows)

@@ -79,3 +79,12 @@ def test_world_is_reproducible_with_any_number_of_workers(tmp_path):
     assert len([p for p in files if p.parent.name == "bg"]) == 3
     for p in files:
         assert p.read_bytes() == (tmp_path / "b" / p.relative_to(tmp_path / "a")).read_bytes()
+
+
+def test_a_world_rendered_again_with_other_counts_keeps_nothing_of_the_old(tmp_path):
+    make_sample_world(tmp_path, n_bg=2, n_fg=2, size=48, seed=1, workers=1)
+    assert sorted(p.name for p in (tmp_path / "fg").iterdir()) == ["person_000.png", "person_001.jpg"]
+    make_sample_world(tmp_path, n_bg=1, n_fg=3, size=48, seed=1, workers=1)
+    # person_001 is an RGBA figure now, and room 1 is not in this world: the old files are gone.
+    assert sorted(p.name for p in (tmp_path / "fg").iterdir()) == ["person_000.png", "person_001.png", "person_002.jpg"]
+    assert [p.name for p in (tmp_path / "bg").iterdir()] == ["room_000.jpg"]
