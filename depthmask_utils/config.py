@@ -213,13 +213,20 @@ def people_per_bg(n_fg: int, fg_per_bg: int | None) -> int:
     return n_fg if fg_per_bg is None else min(n_fg, fg_per_bg)
 
 
+def recorded_fg_per_bg(n_fg: int, fg_per_bg: int | None) -> int | None:
+    """What ``params.json`` records as ``fg_per_bg``: the people per background where each gets a
+    subset of the ``n_fg``; None (not recorded) where every background gets every person, so a
+    dataset of every pair has the parameters it had before the option existed."""
+    per_bg = people_per_bg(n_fg, fg_per_bg)
+    return per_bg if per_bg < n_fg else None
+
+
 MAX_PLACEMENTS = 100  # per (bg, fg, flip): beyond this, more placements of one pair teach little new
 
 
 def scaled_placements(placements: int, min_composites: int, n_bg: int, n_fg: int) -> int:
     """``placements``, raised so that ``n_bg * n_fg * 2 * placements`` reaches ``min_composites``
-    (``n_fg``: the people each background gets)
-    (at most :data:`MAX_PLACEMENTS`).
+    (at most :data:`MAX_PLACEMENTS`); ``n_fg`` is the people each background gets.
 
     Training runs for a number of epochs, so its steps grow with the dataset: 10 of your own rooms
     and 5 people at one placement give 100 composites and a few dozen steps, too few to learn

@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from .backgrounds import load_backgrounds
 from .compositing import ForegroundPyramid, blend_premultiplied, composite, pyramids_for  # noqa: F401 (chapter 03)
-from .config import MAX_PLACEMENTS, Profile, from_profile, people_per_bg, scaled_placements
+from .config import MAX_PLACEMENTS, Profile, from_profile, people_per_bg, recorded_fg_per_bg, scaled_placements
 from .dataset import (DATASET_JSON, FORMAT, MANIFEST_CSV, PARAMS_JSON, member, member_pattern, prepared_path,
                       read_params)
 from .errors import DatasetError, InputError
@@ -220,7 +220,8 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
     for w in warnings:
         log(f"warning: {w}")
     per_bg = people_per_bg(len(fgs.images), fg_per_bg or None)
-    if per_bg < len(fgs.images):
+    subset = recorded_fg_per_bg(len(fgs.images), fg_per_bg or None)
+    if subset:
         log(f"people per background: {per_bg} of {len(fgs.images)}, in turn, so each appears in as many rooms")
     asked, placements = placements, scaled_placements(placements, min_composites, len(bgs.images), per_bg)
     if placements != asked:
@@ -244,8 +245,8 @@ def generate(bg_dir: str | Path, fg_dir: str | Path, out: str | Path, size: int 
               "fg_sources": fgs.sources}
     if estimate:
         params["floors"] = floor_source
-    if per_bg < len(fgs.images):  # recorded only when a subset: datasets of every pair keep their parameters
-        params["fg_per_bg"] = per_bg
+    if subset:  # recorded only when a subset: datasets of every pair keep their parameters
+        params["fg_per_bg"] = subset
     lock = out / PARAMS_JSON
     todo = [bg for bg in range(len(bgs.images)) if not (out / "shards" / shard_name(bg)).exists()]
     kept = False  # a finished dataset left exactly as it is

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Profile, people_per_bg
+from .config import Profile, recorded_fg_per_bg
 from .dataset import DATASET_JSON, STATS_JSON, read_params
 
 
@@ -67,10 +67,9 @@ def check_dataset_matches(profile: Profile, dataset: str | Path, bg_dir=None, fg
                                "use a fresh data_root for your own photos (or delete the folder to rebuild it)")
     made = read_params(dataset)
     counts = read_json(Path(dataset) / DATASET_JSON)["counts"]
-    per_bg = people_per_bg(counts["fg"], profile.fg_per_bg)
     wanted = {"size": profile.size, "placements": profile.placements_for(counts["bg"], counts["fg"]), "scale": list(profile.scale),
               "seed": profile.seed, "jpeg_quality": profile.jpeg_quality, "jpeg_chroma": profile.jpeg_chroma,
-              "fg_per_bg": per_bg if per_bg < counts["fg"] else None}
+              "fg_per_bg": recorded_fg_per_bg(counts["fg"], profile.fg_per_bg)}
     differs = [f"{k} {made.get(k)!r} (profile {profile.name!r}: {v!r})" for k, v in wanted.items() if made.get(k) != v]
     world = (Path(dataset).parent / "world").resolve()  # data_paths: the sample world beside its dataset
     if Path(inputs["fg_dir"]) == world / "fg":  # made from the sample world, whose counts are the profile's

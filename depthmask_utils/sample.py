@@ -540,13 +540,15 @@ def make_sample_world(out: str | Path, n_bg: int | None = None, n_fg: int | None
     params = {"n_bg": n_bg, "n_fg": n_fg, "size": size, "seed": seed, "n_plain": n_plain, "layout": 2}
     manifest = out / "world.json"
     if manifest.exists():
-        if json.loads(manifest.read_text()).get("params") == params:
-            return json.loads(manifest.read_text())
+        summary = json.loads(manifest.read_text())
+        if summary.get("params") == params:
+            return summary
         # Another world was rendered here: its files go first, or a room or person it had and
         # this one has not (person_007.jpg on a plain backdrop, say) would be read as part of this one.
-        manifest.unlink()
+        # The manifest goes last, so a run killed halfway still finds a world that differs.
         for sub in WORLD_FOLDERS:
             shutil.rmtree(out / sub, ignore_errors=True)
+        manifest.unlink()
     for sub in WORLD_FOLDERS:
         (out / sub).mkdir(parents=True, exist_ok=True)
     width = size * 4 // 3
