@@ -186,6 +186,15 @@ def main() -> None:
         print(f"  {name:12s} n={g['n']:5d}  mask IoU {g['mask_iou']:.4f}  Dice {g['mask_dice']:.4f}  "
               f"boundary F {g['mask_boundary_f']:.4f} | depth RMSE {g['depth_rmse']:.4f}  AbsRel {g['depth_abs_rel']:.4f}  "
               f"delta1 {g['depth_delta1']:.4f}  SSIM {g['depth_ssim']:.4f}  RMSE aligned {g['depth_rmse_aligned']:.4f}")
+    o = m["outline"]
+
+    def outline_bin(centre: float) -> str:  # one bin of 0.05 next to the line IoU draws at 0.5
+        i = o["alpha"].index(centre)
+        if not o["pixels"][i]:
+            return "no pixels"
+        return f"{o['counted_as_person'][i]:.1%} counted as person (mean probability {o['mean_prob'][i]:.3f})"
+
+    print(f"  outline (all test): alpha 0.45-0.5 {outline_bin(0.475)}; alpha 0.5-0.55 {outline_bin(0.525)}")
     print(f"  real photographs (scikit-image, held-out people): mask IoU {photos['mask_iou'].mean():.4f} "
           f"(min {photos['mask_iou'].min():.4f}, {photos['mask_iou'].idxmin()})")
     if args.world == "sample":

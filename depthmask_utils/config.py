@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from .errors import ConfigError
 
 GEOMETRIES = ("affine", "flip")  # the augmentation's geometry: flip, shift, scale, rotate; or flip only
+DICE_TARGETS = ("soft", "binary")  # what the mask loss's Dice compares with (losses.mask_loss)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class TrainConfig:
     w_depth: float = 1.0
     depth_scale: float = 1.0  # the depth loss on maps area-shrunk by this factor (MultiTaskLoss)
     edge_weight: float = 1.0  # mask BCE counted this many times within a pixel of the soft edge (losses.mask_loss)
+    dice_target: str = "soft"  # what the mask's Dice compares with: "soft" alpha or "binary" (alpha >= 0.5, as IoU counts)
     augment: bool = True
     geometry: str = "affine"  # augment_batch's geometry: "affine" (flip, shift, scale, rotate) or "flip"
     on_the_fly: bool = False
@@ -67,6 +69,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.geometry not in GEOMETRIES:  # caught here, before a run folder is made
             raise ConfigError(f"geometry must be one of {', '.join(GEOMETRIES)}, not {self.geometry!r}")
+        if self.dice_target not in DICE_TARGETS:
+            raise ConfigError(f"dice_target must be one of {', '.join(DICE_TARGETS)}, not {self.dice_target!r}")
         if self.val_samples is not None and self.val_samples < 1:
             raise ConfigError(f"val_samples must be at least 1 (or None for the whole val split), not {self.val_samples}")
         counts = {"epochs": self.epochs, "batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every,
@@ -249,14 +253,15 @@ PROFILES = {
                       train=TrainConfig(model="small-unet", epochs=8, samples_per_epoch=3200, sizes=(128,),
                                         batch_size=16, lr=2e-3,
                                         model_options={"base": 16, "unshuffle": 2, "upsample": "nearest", "refine": 16},
-                                        depth_scale=0.5, edge_weight=5.0, val_samples=320, geometry="flip", workers=1),
+                                        depth_scale=0.5, edge_weight=5.0, dice_target="binary", val_samples=320, geometry="flip",
+                                        workers=1),
                       min_composites=6400, fg_per_bg=8),
     # ImageNet weights for the encoder by default: the assignment's 400,000 composites train on a GPU
     # with a download at hand (Colab); where none is possible, `pretrained` False says so in one line.
     "full": Profile("full", n_bg=100, n_fg=100, world_size=240, size=224, placements=20, scale=(0.35, 0.65),
                     jpeg_quality=90, jpeg_chroma="444", seed=0, teacher="depth-anything-v2-small", teacher_input=518, batch_size=128,
                     train=TrainConfig(model="resnet18", epochs=6, sizes=(112, 160, 224), batch_size=64, lr=2e-3,
-                                      workers=2, checkpoint_every=500, pretrained=True),
+                                      dice_target="binary", workers=2, checkpoint_every=500, pretrained=True),
                     network_teacher="depth-anything-v2-small", min_composites=40_000),
     # The full profile's code paths at tiny counts, for CI: the ResNet-18 U-Net (random init: no
     # download in CI), progressive sizes, per-composite labels from the shipped mini teacher,
@@ -264,7 +269,7 @@ PROFILES = {
     "smoke": Profile("smoke", n_bg=12, n_fg=6, world_size=96, size=64, placements=2, scale=(0.35, 0.65),
                      jpeg_quality=90, jpeg_chroma="444", seed=0, teacher="mini", teacher_input=128, batch_size=16,
                      train=TrainConfig(model="resnet18", epochs=2, sizes=(32, 64), batch_size=8, lr=2e-3,
-                                       workers=0, checkpoint_every=5, pretrained=False),
+                                       dice_target="binary", workers=0, checkpoint_every=5, pretrained=False),
                      network_teacher="mini", depth_mode="per-composite"),
 }
 

@@ -2,8 +2,9 @@
 
 ``evaluate(run, dataset)`` writes ``RUN/metrics.json``: ``"test"`` holds the means over every test
 composite, ``"groups"`` the same per group (``unseen_bg``: rooms never seen in training;
-``unseen_fg``: people never seen; ``unseen_both``), and ``RUN/per_image.csv`` one row per test
-composite, for finding the worst cases. The model sees its inputs at the size it was trained at;
+``unseen_fg``: people never seen; ``unseen_both``), ``"outline"`` how the predicted probability
+follows the true alpha on the soft outline (:func:`~depthmask_utils.metrics.outline_calibration`),
+and ``RUN/per_image.csv`` one row per test composite, for finding the worst cases. The model sees its inputs at the size it was trained at;
 its outputs are resized back and scored against the labels at the dataset's own size.
 """
 
@@ -22,7 +23,7 @@ from .data import CompositeDataset, make_loader, to_inputs
 from .dataset import Split
 from .errors import InputError
 from .images import list_images
-from .metrics import all_metrics, boundary_f, dice, iou
+from .metrics import all_metrics, boundary_f, dice, iou, outline_calibration, outline_counts
 from .models import build_model
 from .precision import resolve_device
 from .storage import atomic_write_bytes, atomic_write_json, encode_png
@@ -82,7 +83,7 @@ def evaluate(run: str | Path, dataset: str | Path, batch_size: int = 64, device:
     if not split_path.exists():
         raise RunError(f"{split_path}: missing - not a training run folder")
     split = Split.from_dict(json.loads(split_path.read_text()))
-    per_group, rows = {}, []
+    per_group, rows, outline = {}, [], 0
     test_items = CompositeDataset(dataset, "test", split_spec=split).items
     for group in GROUPS:
         items = split.select(test_items, group)
@@ -93,6 +94,7 @@ def evaluate(run: str | Path, dataset: str | Path, batch_size: int = 64, device:
         for batch in make_loader(ds, batch_size, workers=workers):
             x = to_inputs(batch, dev)
             mask, depth = predict_batch(model, x["fg_bg"], x["bg"], meta["size"])
+            outline = outline + outline_counts(mask, x["mask"])
             for k, v in all_metrics(mask, x["mask"], depth, x["depth"]).items():
                 parts.setdefault(k, []).append(v.cpu())
         m = {k: torch.cat(v) for k, v in parts.items()}
@@ -102,9 +104,10 @@ def evaluate(run: str | Path, dataset: str | Path, batch_size: int = 64, device:
     everything = {k: torch.cat([g[k] for g in per_group.values()]) for k in next(iter(per_group.values()))}
     result = {"test": _mean(everything), "groups": {g: _mean(m) for g, m in per_group.items()},
               "model": meta["model"], "input_size": meta["size"], "dataset": str(dataset.resolve()),
-              "label_size": int(ds.stored_size),
+              "label_size": int(ds.stored_size), "outline": outline_calibration(outline),
               "notes": "means of per-image metrics; masks binarised at 0.5; depth in 0-1 relative inverse depth; "
-                       "abs_rel and delta1 on pixels with target > 0.05"}
+                       "abs_rel and delta1 on pixels with target > 0.05; outline: every test composite's soft "
+                       "outline pixels (0 < alpha < 1) per alpha bin (metrics.outline_calibration)"}
     if write:
         atomic_write_json(run / "metrics.json", result)
         import pandas as pd

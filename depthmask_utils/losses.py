@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import DICE_TARGETS
+
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """1 - soft Dice per image, averaged; ``eps`` keeps an empty mask from dividing by zero."""
@@ -30,14 +32,24 @@ def edge_band(target: torch.Tensor, reach: int = 1) -> torch.Tensor:
     return F.max_pool2d(soft, 2 * reach + 1, 1, reach) if reach else soft
 
 
-def mask_loss(logits: torch.Tensor, target: torch.Tensor, edge_weight: float = 1.0) -> torch.Tensor:
+def mask_loss(logits: torch.Tensor, target: torch.Tensor, edge_weight: float = 1.0,
+              dice_target: str = "soft") -> torch.Tensor:
     """BCE + Dice on the mask logits.
 
     ``edge_weight`` > 1 counts BCE that many times within a pixel of the soft edge (:func:`edge_band`):
     a small person's IoU is decided there, and those pixels are a few percent of the image.
+
+    ``dice_target``: what Dice compares the prediction with. ``"soft"``, the stored alpha; ``"binary"``,
+    alpha >= 0.5, the mask the IoU metric counts. Soft Dice pushes a pixel's probability up wherever
+    its alpha exceeds half the current Dice score (about 0.47), so outline pixels of alpha 0.45-0.5
+    end above 0.5 and are counted as person; against the binary mask the push changes side at 0.5.
+    BCE always takes the soft alpha, whose best prediction is the alpha itself.
     """
+    if dice_target not in DICE_TARGETS:
+        raise ValueError(f"dice_target must be one of {', '.join(DICE_TARGETS)}, not {dice_target!r}")
     weight = None if edge_weight == 1 else 1 + (edge_weight - 1) * edge_band(target)
-    return F.binary_cross_entropy_with_logits(logits, target, weight=weight) + dice_loss(logits, target)
+    dice_t = target if dice_target == "soft" else (target >= 0.5).to(target.dtype)
+    return F.binary_cross_entropy_with_logits(logits, target, weight=weight) + dice_loss(logits, dice_t)
 
 
 def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,8 +149,12 @@ class MultiTaskLoss(nn.Module):
     """
 
     def __init__(self, depth: str = "dense-depth", weighting: str = "fixed", w_mask: float = 1.0,
-                 w_depth: float = 1.0, depth_scale: float = 1.0, edge_weight: float = 1.0):
+                 w_depth: float = 1.0, depth_scale: float = 1.0, edge_weight: float = 1.0,
+                 dice_target: str = "soft"):
         super().__init__()
+        if dice_target not in DICE_TARGETS:
+            raise ValueError(f"dice_target must be one of {', '.join(DICE_TARGETS)}, not {dice_target!r}")
+        self.dice_target = dice_target
         if edge_weight < 1:
             raise ValueError("edge_weight must be >= 1")
         self.edge_weight = float(edge_weight)
@@ -160,7 +176,7 @@ class MultiTaskLoss(nn.Module):
         backpropagate and the unweighted parts, detached 0-dim tensors on the loss's device (reading
         one as a number, ``float(part)``, waits for the GPU: training does it once per log line).
         """
-        lm = mask_loss(out["mask"].float(), mask, self.edge_weight)
+        lm = mask_loss(out["mask"].float(), mask, self.edge_weight, self.dice_target)
         pred = out["depth"].float()
         if self.depth_scale != 1:  # compare area averages: the depth head's own resolution under unshuffle
             pred = F.interpolate(pred, scale_factor=self.depth_scale, mode="area")

@@ -155,7 +155,8 @@ def one_cycle(opt: torch.optim.Optimizer, lr: float, total_steps: int) -> torch.
 def make_criterion(config: TrainConfig) -> MultiTaskLoss:
     """The loss ``config`` trains with: its depth loss, weighting, weights, depth scale and edge weight."""
     return MultiTaskLoss(config.depth_loss, config.weighting, config.w_mask, config.w_depth,
-                         depth_scale=config.depth_scale, edge_weight=config.edge_weight)
+                         depth_scale=config.depth_scale, edge_weight=config.edge_weight,
+                         dice_target=config.dice_target)
 
 
 def train_step(net: torch.nn.Module, criterion: torch.nn.Module, opt: torch.optim.Optimizer,

@@ -26,12 +26,16 @@ def test_one_override_rule_for_cli_notebooks_pipeline_and_benchmarks():
     assert train_config(sample, model="resnet18").model_options == {}  # another model: its own options
     for bad, message in ((["edge_wieght=1"], "edge_wieght: not a training value \\(did you mean edge_weight"),
                          (["epochs=two"], "epochs: expected int, got 'two'"), (["epochs"], "expected KEY=VALUE"),
-                         (["geometry=warp"], "geometry must be one of"), (["profile_x=1"], "not a training value")):
+                         (["geometry=warp"], "geometry must be one of"), (["profile_x=1"], "not a training value"),
+                         (["dice_target=hard"], "dice_target must be one of soft, binary, not 'hard'")):
         with pytest.raises(ConfigError, match=message):
             train_config(sample, bad)
     with pytest.raises(ConfigError, match="lr: expected float"):
         TrainConfig.from_dict({"lr": "fast"})
     assert all(isinstance(get_profile(n).train, TrainConfig) for n in ("sample", "full", "smoke"))
+    # every profile's Dice takes the mask IoU counts; a run folder from before the key read its default, soft
+    assert {get_profile(n).train.dice_target for n in ("sample", "full", "smoke")} == {"binary"}
+    assert TrainConfig().dice_target == "soft"
 
 
 

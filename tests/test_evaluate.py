@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from depthmask_utils.data import CompositeDataset, to_inputs
+from depthmask_utils.dataset import Split
 from depthmask_utils.evaluate import evaluate, export_onnx, pair_inputs, predict
 from depthmask_utils.errors import InputError
 from depthmask_utils.train import TrainConfig, train
@@ -39,6 +41,14 @@ def test_evaluate_writes_metrics_per_group(run, labelled):
     assert m["input_size"] == 32 and m["label_size"] == 64
     per_image = (run / "per_image.csv").read_text().splitlines()
     assert len(per_image) == m["test"]["n"] + 1
+    # the outline's calibration covers every soft pixel of every test mask, at the labels' size
+    split = Split.from_dict(json.loads((run / "split.json").read_text()))
+    test = CompositeDataset(labelled, "test", split_spec=split)
+    masks = to_inputs(test[list(range(len(test)))], "cpu")["mask"]
+    o = saved["outline"]
+    assert o == m["outline"] and len(o["alpha"]) == len(o["pixels"]) == 20
+    assert sum(o["pixels"]) == int(((masks > 0) & (masks < 1)).sum()) > 0
+    assert all(v is None or 0 <= v <= 1 for k in ("mean_prob", "counted_as_person") for v in o[k])
 
 
 def test_predict_any_size_and_folders(run, tmp_path):

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torchmetrics.functional import mean_squared_error
@@ -35,6 +36,28 @@ def test_boundary_f():
     far = torch.roll(t, 6, -1)
     assert M.boundary_f(far, t).item() < 0.6
     assert M.boundary(t).sum() == 4 * 15  # the 1-px ring of a 16 x 16 square
+
+
+def test_outline_calibration_counts_each_soft_pixel_in_its_alpha_bin():
+    g = torch.Generator().manual_seed(3)
+    target = torch.rand(4, 1, 12, 12, generator=g)
+    target[target < 0.2] = 0  # room, and person: not on the outline
+    target[target > 0.9] = 1
+    prob = torch.rand(4, 1, 12, 12, generator=g)
+    counts = M.outline_counts(prob[:2], target[:2]) + M.outline_counts(prob[2:], target[2:])  # added over batches
+    soft = (target > 0) & (target < 1)
+    a, p = target[soft].numpy(), prob[soft].numpy()
+    idx = np.minimum((a * 20).astype(int), 19)
+    for b in range(20):
+        sel = idx == b
+        assert counts[0, b] == sel.sum()
+        assert float(counts[1, b]) == pytest.approx(float(p[sel].sum()), abs=1e-4)
+        assert counts[2, b] == (p[sel] >= 0.5).sum()
+    c = M.outline_calibration(counts)
+    assert c["alpha"][9] == 0.475 and sum(c["pixels"]) == int(soft.sum())
+    assert c["pixels"][:4] == [0, 0, 0, 0] and c["mean_prob"][0] is None  # nothing below 0.2: empty bins say so
+    b = c["alpha"].index(0.525)
+    assert c["counted_as_person"][b] == pytest.approx(float((p[idx == b] >= 0.5).mean()), abs=1e-4)
 
 
 def test_depth_metrics_against_torchmetrics_and_by_hand():
@@ -128,6 +151,36 @@ def test_edge_weight_counts_bce_more_on_the_soft_edge():
     assert crit({"mask": logits, "depth": depth}, t, depth)[1]["mask"] == pytest.approx(float(by_hand))
     with pytest.raises(ValueError, match="edge_weight"):
         L.MultiTaskLoss(edge_weight=0.5)
+
+
+def test_soft_dice_lifts_outline_pixels_below_half_over_it_and_binary_dice_does_not():
+    # A small person in a 64-px frame, as in the sample world: an 8 x 8 body, a faint halo (alpha
+    # 0.15) and an outline column of alpha 0.48, which IoU counts as background. Every logit but the
+    # column's is held at its target's; the column's is learnt.
+    t = torch.zeros(1, 1, 64, 64)
+    t[..., 26:38, 26:39] = 0.15
+    t[..., 28:36, 28:36] = 1
+    t[..., 28:36, 36] = 0.48
+    column = torch.zeros_like(t, dtype=torch.bool)
+    column[..., 28:36, 36] = True
+    fixed = torch.logit(t.clamp(1e-4, 1 - 1e-4))
+    assert float((t * t).sum() / (2 * t.sum())) < 0.45  # where soft Dice's push changes side, for p = t
+    ends = {}
+    for target in ("soft", "binary"):
+        z = torch.zeros(1, requires_grad=True)  # the column's logit, probability 0.5 at the start
+        opt = torch.optim.Adam([z], lr=0.05)
+        for _ in range(300):
+            opt.zero_grad()
+            L.mask_loss(torch.where(column, z, fixed), t, edge_weight=5, dice_target=target).backward()
+            opt.step()
+        ends[target] = float(torch.sigmoid(z.detach()))
+    assert ends["soft"] > 0.55 and ends["binary"] < 0.2  # soft Dice carries it over the line; binary keeps it below
+    assert L.mask_loss(fixed, t, dice_target="binary") == pytest.approx(
+        float(torch.nn.functional.binary_cross_entropy_with_logits(fixed, t) + L.dice_loss(fixed, (t >= 0.5).float())))
+    with pytest.raises(ValueError, match="dice_target"):
+        L.mask_loss(fixed, t, dice_target="hard")
+    with pytest.raises(ValueError, match="dice_target"):
+        L.MultiTaskLoss(dice_target="hard")
 
 
 def test_uncertainty_weighting_learns_log_variances():
