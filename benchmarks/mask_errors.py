@@ -17,15 +17,14 @@ the IoU, and prints:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from depthmask_utils.checkpoint import read_split
 from depthmask_utils.data import CompositeDataset, make_loader, to_inputs
-from depthmask_utils.dataset import Split
 from depthmask_utils.evaluate import GROUPS, load_model, predict_batch
 from depthmask_utils.metrics import iou, outline_calibration, outline_counts
 
@@ -62,7 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     model, meta = load_model(args.run)
-    split = Split.from_dict(json.loads((args.run / "split.json").read_text()))
+    split = read_split(args.run)
     items = split.select(CompositeDataset(args.dataset, "test", split_spec=split).items, args.group)
     if not items:
         sys.exit(f"{args.run}: no test composites in group {args.group}")

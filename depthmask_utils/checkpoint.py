@@ -93,6 +93,14 @@ def prepare_run(run: Path, dataset: Path, config: TrainConfig, split: Split, wor
     atomic_write_json(run / "split.json", split.as_dict())
 
 
+def read_split(run: str | Path) -> Split:
+    """The train / val / test split a run was trained on (``RUN/split.json``, written by :func:`prepare_run`)."""
+    path = Path(run) / "split.json"
+    if not path.exists():
+        raise RunError(f"{path}: missing - not a training run folder")
+    return Split.from_dict(json.loads(path.read_text()))
+
+
 HISTORY_FIELDS = ["epoch", "step", "size", "lr", "train_loss", "train_mask_loss", "train_depth_loss",
                   "val_loss", "val_mask_iou", "val_depth_rmse", "seconds"]
 

@@ -11,16 +11,14 @@ its outputs are resized back and scored against the labels at the dataset's own 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import RunError, load_checkpoint
+from .checkpoint import RunError, load_checkpoint, read_split
 from .data import CompositeDataset, make_loader, to_inputs
-from .dataset import Split
 from .errors import InputError
 from .images import list_images
 from .metrics import all_metrics, boundary_f, dice, iou, outline_calibration, outline_counts
@@ -79,10 +77,7 @@ def evaluate(run: str | Path, dataset: str | Path, batch_size: int = 64, device:
     run, dataset = Path(run), Path(dataset)
     dev = resolve_device(device)
     model, meta = load_model(run, dev)
-    split_path = run / "split.json"
-    if not split_path.exists():
-        raise RunError(f"{split_path}: missing - not a training run folder")
-    split = Split.from_dict(json.loads(split_path.read_text()))
+    split = read_split(run)
     per_group, rows, outline = {}, [], 0
     test_items = CompositeDataset(dataset, "test", split_spec=split).items
     for group in GROUPS:
@@ -229,7 +224,7 @@ def real_photo_check(run: str | Path, dataset: str | Path, placements: int = 6, 
     model, meta = load_model(run, dev)
     info = read_info(dataset)
     size, scale = int(info["params"]["size"]), tuple(info["params"]["scale"])
-    split = Split.from_dict(json.loads((run / "split.json").read_text()))
+    split = read_split(run)
     fg_ids = split.heldout_fg if people == "heldout" else tuple(range(info["counts"]["fg"]))
     pyramids = dict(zip(fg_ids, pyramids_for([load_prepared(dataset, "fg", j) for j in fg_ids], size, scale)))
     rng = np.random.default_rng(seed)

@@ -14,7 +14,7 @@ import torch
 import depthmask_utils.train as T
 from depthmask_utils import distributed
 from depthmask_utils.data import CompositeDataset, make_loader
-from depthmask_utils.dataset import Split
+from depthmask_utils.checkpoint import read_split
 
 dataset, run, cfg = sys.argv[1], sys.argv[2], T.TrainConfig.from_dict(json.loads(sys.argv[3]))
 kept = {}
@@ -24,7 +24,7 @@ T.make_criterion = lambda *a, **k: kept.setdefault("criterion", make_criterion(*
 T.train(dataset, run, cfg, progress=False, log=lambda *_: None)
 torch.distributed.init_process_group("gloo") if not torch.distributed.is_initialized() else None
 rank, world, _ = distributed.environment()
-split = Split.from_dict(json.loads((T.Path(run) / "split.json").read_text()))
+split = read_split(run)
 val = T.validation_items(CompositeDataset(dataset, "val", split_spec=split).items, cfg.val_samples)
 loader = make_loader(CompositeDataset(dataset, distributed.shard(val, rank, world), cfg.sizes[-1]), 64, workers=0)
 torch.save({"model": kept["model"].state_dict(), "criterion": kept["criterion"].state_dict(),

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from depthmask_utils.checkpoint import read_split
 from depthmask_utils.data import CompositeDataset, to_inputs
-from depthmask_utils.dataset import Split
 from depthmask_utils.evaluate import evaluate, export_onnx, pair_inputs, predict
 from depthmask_utils.errors import InputError
 from depthmask_utils.train import TrainConfig, train
@@ -42,7 +42,7 @@ def test_evaluate_writes_metrics_per_group(run, labelled):
     per_image = (run / "per_image.csv").read_text().splitlines()
     assert len(per_image) == m["test"]["n"] + 1
     # the outline's calibration covers every soft pixel of every test mask, at the labels' size
-    split = Split.from_dict(json.loads((run / "split.json").read_text()))
+    split = read_split(run)
     test = CompositeDataset(labelled, "test", split_spec=split)
     masks = to_inputs(test[list(range(len(test)))], "cpu")["mask"]
     o = saved["outline"]
