@@ -48,7 +48,7 @@ from depthmask_utils.data import CompositeDataset  # noqa: E402
 from depthmask_utils.evaluate import evaluate, real_photo_check  # noqa: E402
 from depthmask_utils.pipeline import ensure_stats  # noqa: E402
 from depthmask_utils.storage import JPEG_CHROMA  # noqa: E402
-from depthmask_utils.train import TrainConfig, amp_dtype, amp_enabled, resolve_device, train, validation_items  # noqa: E402
+from depthmask_utils.train import TrainConfig, forward_dtype, resolve_device, train, validation_items  # noqa: E402
 
 
 def measured_seconds(cfg: TrainConfig, dataset: Path) -> tuple[float, float]:
@@ -178,7 +178,7 @@ def main() -> None:
     m = evaluate(run, dataset)
     photos, _ = real_photo_check(run, dataset)
     on = resolve_device(cfg.device)  # where train ran, and so in which precision
-    precision = amp_dtype(on) if amp_enabled(on, cfg) else torch.float32
+    precision = forward_dtype(on, cfg)
     print(f"\ntrained {cfg.model} {cfg.model_options} at {cfg.sizes}px for {result.steps} steps in {minutes:.1f} min "
           f"({result.steps * cfg.batch_size / result.seconds:.0f} samples/s) on {torch.get_num_threads()} threads, "
           f"forward pass in {precision} on {on}")

@@ -22,6 +22,7 @@ from .errors import ConfigError
 
 GEOMETRIES = ("affine", "flip")  # the augmentation's geometry: flip, shift, scale, rotate; or flip only
 DICE_TARGETS = ("soft", "binary")  # what the mask loss's Dice compares with (losses.mask_loss)
+AUTOCAST_DTYPES = ("auto", "float16", "bfloat16")  # the forward pass's 16-bit type (train.forward_dtype)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10  # steps per line of steps.csv (and TensorBoard): reading a loss waits for the GPU
     amp: bool = True  # mixed precision: on CUDA, and bfloat16 on a CPU that computes it natively
+    autocast_dtype: str = "auto"  # "auto" (bfloat16 where the hardware multiplies it natively, else float16), or one of them
     channels_last: bool = True
     workers: int = 2
     device: str = "auto"
@@ -71,6 +73,8 @@ class TrainConfig:
             raise ConfigError(f"geometry must be one of {', '.join(GEOMETRIES)}, not {self.geometry!r}")
         if self.dice_target not in DICE_TARGETS:
             raise ConfigError(f"dice_target must be one of {', '.join(DICE_TARGETS)}, not {self.dice_target!r}")
+        if self.autocast_dtype not in AUTOCAST_DTYPES:
+            raise ConfigError(f"autocast_dtype must be one of {', '.join(AUTOCAST_DTYPES)}, not {self.autocast_dtype!r}")
         if self.val_samples is not None and self.val_samples < 1:
             raise ConfigError(f"val_samples must be at least 1 (or None for the whole val split), not {self.val_samples}")
         counts = {"epochs": self.epochs, "batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every,

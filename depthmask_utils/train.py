@@ -131,15 +131,26 @@ def model_file(model: torch.nn.Module, config: TrainConfig, stats: dict, size: i
 
 def amp_enabled(device: torch.device, config: TrainConfig) -> bool:
     """Whether the forward pass runs under autocast: when ``config.amp``, on CUDA, and on a CPU with
-    native bfloat16 (:func:`cpu_has_bf16`; about 1.35x faster training for the sample profile on one)."""
+    native bfloat16 (:func:`cpu_has_bf16`; about 1.35x faster training for the sample profile on one)
+    or whose config names an ``autocast_dtype`` (what is asked for explicitly is done, even where slow)."""
     if not config.amp:
         return False
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+    return device.type == "cuda" or (device.type == "cpu" and (cpu_has_bf16() or config.autocast_dtype != "auto"))
+
+
+def forward_dtype(device: torch.device, config: TrainConfig) -> torch.dtype:
+    """The type the forward pass runs in on ``device``: float32 unless :func:`amp_enabled`; then
+    ``config.autocast_dtype``, where ``"auto"`` is :func:`precision.amp_dtype`'s choice for the hardware."""
+    if not amp_enabled(device, config):
+        return torch.float32
+    if config.autocast_dtype == "auto":
+        return amp_dtype(device)
+    return getattr(torch, config.autocast_dtype)
 
 
 def make_scaler(device: torch.device, config: TrainConfig) -> torch.amp.GradScaler:
     """The GradScaler :func:`train_step` expects: scaling only under float16 autocast (bfloat16 needs none)."""
-    return torch.amp.GradScaler("cuda", enabled=amp_enabled(device, config) and amp_dtype(device) == torch.float16)
+    return torch.amp.GradScaler(device.type, enabled=forward_dtype(device, config) == torch.float16)
 
 
 def one_cycle(opt: torch.optim.Optimizer, lr: float, total_steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
@@ -173,7 +184,8 @@ def train_step(net: torch.nn.Module, criterion: torch.nn.Module, opt: torch.opti
     x = to_inputs(batch, device)
     if config.channels_last:
         x = {k: v.contiguous(memory_format=torch.channels_last) for k, v in x.items()}
-    with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp_enabled(device, config)):
+    dtype = forward_dtype(device, config)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         out = net(x["fg_bg"], x["bg"])
     loss, parts = criterion(out, x["mask"], x["depth"])
     opt.zero_grad(set_to_none=True)
@@ -218,7 +230,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
     info = read_info(dataset, need_depth=True)
     stats = load_stats(dataset)
     split = make_split(info["counts"]["bg"], info["counts"]["fg"], config.seed, **config.split)
-    precision = str(amp_dtype(device) if amp_enabled(device, config) else torch.float32)
+    precision = str(forward_dtype(device, config))
     distributed.on_first_process(lambda: prepare_run(run, dataset, config, split, world, precision), rank, RunError)
 
     model = build_model(config.model, stats=stats, pretrained=config.pretrained, **config.model_options).to(device)

@@ -1,5 +1,6 @@
 """The pieces of the benchmarks that compute a figure, checked on inputs with a known answer."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,46 @@ def test_mask_errors_places_a_shifted_outline_on_the_outline_and_a_blob_beyond_i
     prob = (t >= 0.5).float()
     prob[..., 8:24, 24] = 0.45
     assert iou_at(prob, t, 0.5) == 1.0 and iou_at(prob, t, 0.4) == pytest.approx(256 / 272)
+
+
+SPEED = [str(ROOT / "benchmarks" / "train_speed.py"), "--sizes", "32", "--batch", "2", "--steps", "2", "--warm", "1",
+         "--rooms", "3", "--people", "3", "--workers", "0", "--dtypes", "float32", "bfloat16"]
+SPEED_LINE = r"^\s+32 px  (float32 |bfloat16) (resident|loader  )\s+(\d+) images/s"
+
+
+@pytest.mark.slow
+def test_train_speed_measures_every_type_and_source_in_one_process(tmp_path):
+    import re
+
+    out = subprocess.run([sys.executable, *SPEED, "--data", str(tmp_path / "speed")], capture_output=True, text=True,
+                         check=True).stdout
+    lines = re.findall(SPEED_LINE, out, re.M)
+    assert [(d.strip(), s.strip()) for d, s, _ in lines] == [("float32", "resident"), ("bfloat16", "resident"),
+                                                            ("bfloat16", "loader")]  # this CPU's auto is bfloat16
+    assert all(int(rate) > 0 for *_, rate in lines)
+    assert "x float32" in out.splitlines()[-2] and "no GPU here" in out
+
+
+@pytest.mark.slow
+def test_train_speed_under_ddp_checks_that_the_processes_agree(tmp_path):
+    # two gloo processes, uncertainty weighting: DDP averages the model's gradients, train_step the loss's
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *SPEED,
+                             "--data", str(tmp_path / "speed")], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "2 process(es)" in out and "uncertainty loss weights" in out
+    assert out.count("weights' largest gap to process 0: 0.0e+00") == 3
+    assert "every process ends each line with process 0's weights and loss weights: met" in out
+    # and the check itself sees a difference where there is one
+    probe = tmp_path / "probe.py"
+    probe.write_text("import sys, torch\n"
+                     f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+                     "from train_speed import equal_to_first_process\n"
+                     "torch.distributed.init_process_group('gloo')\n"
+                     "r = torch.distributed.get_rank()\n"
+                     "gap = equal_to_first_process([torch.zeros(3), torch.full((2,), 0.25 * r)])\n"
+                     f"open(f'{tmp_path}/gap{{r}}', 'w').write(str(gap))\n")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(probe)],
+                   capture_output=True, env=env, check=True)
+    assert [(tmp_path / f"gap{r}").read_text() for r in (0, 1)] == ["0.25", "0.25"]  # both see the largest gap

@@ -23,11 +23,13 @@ def test_one_override_rule_for_cli_notebooks_pipeline_and_benchmarks():
                              "geometry": "affine"} and cfg.profile == "sample"
     assert sample.train.edge_weight == 5.0 and sample.train.model_options["refine"] == 16  # the profile is left alone
     assert train_config(sample, ["workers=0"]).workers == 0  # zero means zero, as on the CLI
+    assert train_config(sample, ["autocast_dtype=float16"]).autocast_dtype == "float16"  # bare text, as geometry
     assert train_config(sample, model="resnet18").model_options == {}  # another model: its own options
     for bad, message in ((["edge_wieght=1"], "edge_wieght: not a training value \\(did you mean edge_weight"),
                          (["epochs=two"], "epochs: expected int, got 'two'"), (["epochs"], "expected KEY=VALUE"),
                          (["geometry=warp"], "geometry must be one of"), (["profile_x=1"], "not a training value"),
-                         (["dice_target=hard"], "dice_target must be one of soft, binary, not 'hard'")):
+                         (["dice_target=hard"], "dice_target must be one of soft, binary, not 'hard'"),
+                         (["autocast_dtype=half"], "autocast_dtype must be one of auto, float16, bfloat16, not 'half'")):
         with pytest.raises(ConfigError, match=message):
             train_config(sample, bad)
     with pytest.raises(ConfigError, match="lr: expected float"):

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -141,17 +142,36 @@ def test_gpus_below_compute_capability_8_train_in_float16_with_loss_scaling(monk
     assert amp_enabled(gpu, TrainConfig(amp=True))
     assert (T.amp_dtype(gpu) == torch.float16 and amp_enabled(gpu, TrainConfig())) == scaled  # make_scaler's rule
     assert precision.describe(gpu, True) == f"forward pass in {dtype} on cuda:0"
+    assert T.forward_dtype(gpu, TrainConfig()) == dtype and T.forward_dtype(gpu, TrainConfig(amp=False)) == torch.float32
+    # asked for by name, either type on any GPU (to compare them), with the scaler float16 needs
+    for name, asked in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
+        cfg = TrainConfig(autocast_dtype=name)
+        assert T.forward_dtype(gpu, cfg) == asked
+        assert T.forward_dtype(gpu, replace(cfg, amp=False)) == torch.float32  # amp off wins
+        assert T.make_scaler(torch.device("cpu"), cfg).is_enabled() == (asked == torch.float16)
 
 
-@pytest.mark.parametrize("bf16", [False, True])
-def test_train_step_fits_a_toy_batch_in_float32_and_in_bfloat16(monkeypatch, bf16, toy_scene):
-    # bfloat16 keeps 8 bits of mantissa: the forward pass in it must still fit, with float32 weights and loss
+def test_a_named_autocast_dtype_is_honoured_even_on_a_cpu_without_native_bfloat16(monkeypatch):
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    cpu = torch.device("cpu")
+    assert T.forward_dtype(cpu, TrainConfig()) == torch.float32  # auto: emulated bfloat16 is slower than float32
+    assert T.forward_dtype(cpu, TrainConfig(autocast_dtype="bfloat16")) == torch.bfloat16  # asked for: done
+
+
+@pytest.mark.parametrize("bf16, autocast_dtype, expected", [(False, "auto", torch.float32), (True, "auto", torch.bfloat16),
+                                                             pytest.param(False, "float16", torch.float16,  # emulated here
+                                                                          marks=pytest.mark.slow)])
+def test_train_step_fits_a_toy_batch_in_float32_bfloat16_and_float16(monkeypatch, bf16, autocast_dtype, expected,
+                                                                      toy_scene):
+    # bfloat16 keeps 8 bits of mantissa, float16 5 bits of exponent (its scaler on): the forward pass in
+    # either must still fit, with float32 weights and loss
     from depthmask_utils.models import SmallUNet
 
     monkeypatch.setattr(T, "cpu_has_bf16", lambda: bf16)
     batch = {k: (v * 255).round().to(torch.uint8) for k, v in toy_scene.items()}  # as the loader gives
     torch.manual_seed(0)
-    cfg, cpu = tiny_config(augment=False, lr=3e-3), torch.device("cpu")
+    cfg, cpu = tiny_config(augment=False, lr=3e-3, autocast_dtype=autocast_dtype), torch.device("cpu")
     net = SmallUNet(base=8, levels=2).to(memory_format=torch.channels_last)
     seen = []
     net.heads.register_forward_hook(lambda mod, args, out: seen.append(out["mask"].dtype))
@@ -160,7 +180,8 @@ def test_train_step_fits_a_toy_batch_in_float32_and_in_bfloat16(monkeypatch, bf1
     steps = [T.train_step(net, crit, opt, scaler, batch, cfg, cpu, gen) for _ in range(150)]
     assert all(t.dim() == 0 and t.device == cpu for loss, parts in steps for t in (loss, *parts.values()))
     losses = [loss.item() for loss, _ in steps]  # tensors, read here: the loop itself never waits on a device
-    assert seen[0] == (torch.bfloat16 if bf16 else torch.float32)
+    assert seen[0] == expected
+    assert scaler.is_enabled() == (expected == torch.float16)
     assert all(p.dtype == torch.float32 for p in net.parameters())
     assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
 
