@@ -1,6 +1,5 @@
 """The pieces of the benchmarks that compute a figure, checked on inputs with a known answer."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,15 +75,14 @@ def test_train_speed_measures_every_type_and_source_in_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_train_speed_under_ddp_checks_that_the_processes_agree(tmp_path):
+    from test_distributed import torchrun
+
     # two gloo processes, uncertainty weighting: DDP averages the model's gradients, train_step the loss's
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *SPEED,
-                             "--data", str(tmp_path / "speed")], capture_output=True, text=True, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
-    assert "2 process(es)" in out and "uncertainty loss weights" in out
-    assert out.count("weights' largest gap to process 0: 0.0e+00") == 3
-    assert "every process ends each line with process 0's weights and loss weights: met" in out
+    r = torchrun(*SPEED, "--data", tmp_path / "speed")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 process(es)" in r.stdout and "uncertainty loss weights" in r.stdout
+    assert r.stdout.count("weights' largest gap to process 0: 0.0e+00") == 3
+    assert "every process ends each line with process 0's weights and loss weights: met" in r.stdout
     # and the check itself sees a difference where there is one
     probe = tmp_path / "probe.py"
     probe.write_text("import sys, torch\n"
@@ -94,6 +92,6 @@ def test_train_speed_under_ddp_checks_that_the_processes_agree(tmp_path):
                      "r = torch.distributed.get_rank()\n"
                      "gap = equal_to_first_process([torch.zeros(3), torch.full((2,), 0.25 * r)])\n"
                      f"open(f'{tmp_path}/gap{{r}}', 'w').write(str(gap))\n")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(probe)],
-                   capture_output=True, env=env, check=True)
-    assert [(tmp_path / f"gap{r}").read_text() for r in (0, 1)] == ["0.25", "0.25"]  # both see the largest gap
+    r = torchrun(probe)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [(tmp_path / f"gap{rank}").read_text() for rank in (0, 1)] == ["0.25", "0.25"]  # both see the largest gap
