@@ -6,17 +6,21 @@
 
 Each line is one training step of the full profile's configuration (ResNet-18 U-Net, its loss,
 augmentation, AdamW, gradient clipping; ``train.train_step`` itself) with the forward pass under
-autocast in the given type (``TrainConfig.autocast_dtype``), float32 as the baseline in the same run:
+autocast in the given type (``TrainConfig.autocast_dtype``), float32 as the baseline in the same run
+(on a GPU of compute capability 8.0 or newer its convolutions run in TF32, PyTorch's default, as in training):
 
 * ``resident``: batches already on the device, so the figure is the model's, not the loader's;
 * ``loader``: batches from the course's DataLoader (``--workers`` processes decoding the JPEG/PNG
-  shards), in the type the hardware picks by itself (``auto``): what training really gets.
+  shards), in the type the hardware picks by itself (``auto``): what training really gets. Its
+  ratio to the resident line of the same type says how much of the model's speed the loader feeds.
 
 The encoder starts from random weights (no download): the arithmetic, and so the speed, is the
 pretrained one's. The data is a 224-px sample world labelled with exact depth, built once under
-data/bench/. With several processes (torchrun), each trains on its own batches, DDP averages the
-gradients, and after the timed steps every process's weights and loss weights (``uncertainty``
-weighting, which DDP does not see) must equal process 0's: a check that prints ``met`` or ``MISSED``.
+data/bench/. The loss learns its two weights (``uncertainty``; the profile's are fixed, and the two
+learnable numbers cost nothing measurable) so that one process and several train the same thing.
+With several processes (torchrun), each trains on its own batches, DDP averages the gradients, and
+after the timed steps every process's weights and loss weights (which DDP does not see) must equal
+process 0's: a check that prints ``met`` or ``MISSED``.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from depthmask_utils.train import TrainConfig, forward_dtype, make_criterion, ma
 
 
 def speed_dataset(folder: Path, n_bg: int, n_fg: int) -> Path:
-    """A labelled 224-px dataset of ``n_bg x n_fg x 2`` composites with its statistics, built once in ``folder``."""
+    """A labelled 224-px dataset with its statistics, built once in ``folder``: ``n_bg`` rooms, each with 8
+    of the ``n_fg`` people (fewer if there are fewer), mirrored and not: ``n_bg x 8 x 2`` composites."""
     dataset = ensure_labelled_world(folder, seed=0, n_bg=n_bg, n_fg=n_fg, size=224, world_size=240)
     if not (dataset / "stats.json").exists():
         dataset_stats(dataset, progress=False)
@@ -88,6 +93,8 @@ def measure(cfg: TrainConfig, dataset: Path, size: int, device: torch.device, st
     if source == "resident":  # a few batches on the device, reused: no decoding, no copies in the timed steps
         loader.sampler.set_epoch(0, 0)
         held = [{k: v.to(device) for k, v in b.items()} for b in itertools.islice(loader, 4)]
+        if not held:
+            raise SystemExit(f"{dataset}: no full batch of {cfg.batch_size} per process; use more --rooms or a smaller --batch")
         batches = (held[i % len(held)] for i in itertools.count())
     else:
         def endless():
@@ -124,22 +131,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per line")
     ap.add_argument("--warm", type=int, default=3, help="untimed steps first (kernel choice, allocator)")
     ap.add_argument("--workers", type=int, help="loader processes (default: the full profile's)")
-    ap.add_argument("--rooms", type=int, default=48, help="rooms in the data (each with 8 of the people, twice: mirrored)")
+    ap.add_argument("--rooms", type=int, default=100, help="rooms in the data (each with 8 of the people, twice: mirrored)")
     ap.add_argument("--people", type=int, default=24)
     ap.add_argument("--data", type=Path, help="where the data is built (default: data/bench/speed_ROOMSxPEOPLE)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
+    if args.steps < 1 or args.warm < 0:
+        ap.error("--steps must be at least 1 and --warm at least 0")
 
     rank, world, local_rank = distributed.environment()
     distributed.init(world, torch.cuda.is_available() and args.device != "cpu")
     device = resolve_device(args.device, local_rank)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True  # one input size per line: let cuDNN pick its fastest kernels
+        torch.cuda.set_device(device)  # cuDNN's kernel choice is left as training leaves it (no cudnn.benchmark)
     full = get_profile("full").train
     cfg = replace(full, pretrained=False, batch_size=args.batch or full.batch_size,
                   workers=full.workers if args.workers is None else args.workers,
-                  weighting="uncertainty" if world > 1 else full.weighting)  # learnable weights: the DDP check
+                  weighting="uncertainty")  # learnable loss weights, for the DDP check (see the top)
     folder = args.data or BENCH / f"speed_{args.rooms}x{args.people}"
     if rank == 0:
         dataset = speed_dataset(folder, args.rooms, args.people)
@@ -162,17 +170,19 @@ def main() -> None:
         gaps.append(r["gap"])
         if rank != 0:
             continue
-        base = rates.get((size, "float32", "resident"))
-        extra = [f"{r['ms_per_step']:6.1f} ms/step"]
+        base, model_only = rates.get((size, "float32", "resident")), rates.get((size, dtype, "resident"))
+        extra = [f"{r['ms_per_step']:7.1f} ms/step"]
         if base and (dtype, source) != ("float32", "resident"):
             extra.append(f"{r['images_per_s'] / base:4.2f}x float32")
+        if source == "loader" and model_only:
+            extra.append(f"{r['images_per_s'] / model_only:4.2f}x resident {dtype}")
         if r["peak_gib"] is not None:
             extra.append(f"peak {r['peak_gib']:.1f} GiB")
         if r["scale"] is not None:
             extra.append(f"loss scale {r['scale']:.0f}")
         if world > 1:
             extra.append(f"weights' largest gap to process 0: {r['gap']:.1e}")
-        print(f"{size:4d} px  {dtype:8s} {source:8s} {r['images_per_s']:8.0f} images/s   " + "   ".join(extra))
+        print(f"{size:4d} px  {dtype:8s} {source:8s} {r['images_per_s']:8.1f} images/s   " + "   ".join(extra))
     if world > 1 and rank == 0:
         print(f"every process ends each line with process 0's weights and loss weights: {verdict(max(gaps) == 0.0)}")
     if device.type != "cuda" and rank == 0:

@@ -57,8 +57,10 @@ class TrainConfig:
     split: dict = field(default_factory=lambda: {"val": 0.15, "test": 0.15, "heldout_fg": 0.15})
     checkpoint_every: int = 100
     log_every: int = 10  # steps per line of steps.csv (and TensorBoard): reading a loss waits for the GPU
-    amp: bool = True  # mixed precision: on CUDA, and bfloat16 on a CPU that computes it natively
-    autocast_dtype: str = "auto"  # "auto" (bfloat16 where the hardware multiplies it natively, else float16), or one of them
+    amp: bool = True  # mixed precision: on CUDA, on a CPU that computes bfloat16 natively, or where autocast_dtype names a type
+    # the 16-bit type: "auto" is bfloat16 where the hardware multiplies it natively, float16 on older GPUs
+    # and float32 (no autocast) on other CPUs; "float16" or "bfloat16" is used as named, on CUDA or a CPU
+    autocast_dtype: str = "auto"
     channels_last: bool = True
     workers: int = 2
     device: str = "auto"

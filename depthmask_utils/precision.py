@@ -38,11 +38,6 @@ def amp_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" and gpu_has_bf16(device) else torch.float16
 
 
-def describe(device: torch.device, enabled: bool) -> str:
-    """One line for logs: the precision of the forward pass on ``device``."""
-    return f"forward pass in {amp_dtype(device) if enabled else torch.float32} on {device}"
-
-
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """``"auto"``: CUDA if available, else CPU; ``"cuda"``: GPU ``local_rank`` (DeviceUnavailable if there is
     none); any other name as given.

@@ -22,6 +22,7 @@ each process takes every N-th batch of the same order, rank 0 writes the run fol
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from . import distributed
 from .checkpoint import (RUN_FORMAT, RunError, load_checkpoint, prepare_run, read_history,  # noqa: F401
                          rng_state, save_checkpoint, set_rng_state, write_history)
 from .config import TrainConfig
+from .errors import ConfigError
 from .augment import augment_batch
 from .data import (CompositeDataset, EpochBatchSampler, OnTheFlyDataset, make_loader,
                    to_inputs)
@@ -140,8 +142,12 @@ def amp_enabled(device: torch.device, config: TrainConfig) -> bool:
 
 def forward_dtype(device: torch.device, config: TrainConfig) -> torch.dtype:
     """The type the forward pass runs in on ``device``: float32 unless :func:`amp_enabled`; then
-    ``config.autocast_dtype``, where ``"auto"`` is :func:`precision.amp_dtype`'s choice for the hardware."""
+    ``config.autocast_dtype``, where ``"auto"`` is :func:`precision.amp_dtype`'s choice for the hardware.
+    A named type on a device where training runs no autocast (``mps``, ...) is a ConfigError, not float32."""
     if not amp_enabled(device, config):
+        if config.amp and config.autocast_dtype != "auto":
+            raise ConfigError(f"autocast_dtype {config.autocast_dtype}: training runs autocast on CUDA and CPUs, "
+                              f"not on {device}; leave it at auto (float32 there) or pick another --device")
         return torch.float32
     if config.autocast_dtype == "auto":
         return amp_dtype(device)
@@ -232,6 +238,10 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
     split = make_split(info["counts"]["bg"], info["counts"]["fg"], config.seed, **config.split)
     precision = str(forward_dtype(device, config))
     distributed.on_first_process(lambda: prepare_run(run, dataset, config, split, world, precision), rank, RunError)
+    started = json.loads((run / "config.json").read_text()).get("precision", precision) if rank == 0 else precision
+    if started != precision:  # "auto" follows the hardware: a run begun on a T4 and resumed on an A100, say
+        log(f"{run}: began with the forward pass in {started}, continues in {precision} on {device} "
+            "(autocast_dtype auto follows the hardware; name a type to keep one)")
 
     model = build_model(config.model, stats=stats, pretrained=config.pretrained, **config.model_options).to(device)
     if config.channels_last:  # faster convolutions on GPUs and, with oneDNN, on CPUs too

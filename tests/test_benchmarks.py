@@ -56,21 +56,25 @@ def test_mask_errors_places_a_shifted_outline_on_the_outline_and_a_blob_beyond_i
 
 
 SPEED = [str(ROOT / "benchmarks" / "train_speed.py"), "--sizes", "32", "--batch", "2", "--steps", "2", "--warm", "1",
-         "--rooms", "3", "--people", "3", "--workers", "0", "--dtypes", "float32", "bfloat16"]
-SPEED_LINE = r"^\s+32 px  (float32 |bfloat16) (resident|loader  )\s+(\d+) images/s"
+         "--rooms", "3", "--people", "3", "--workers", "0", "--dtypes", "float32", "bfloat16", "--device", "cpu"]
+SPEED_LINE = r"^\s+32 px  (float32 |bfloat16) (resident|loader  )\s+([\d.]+) images/s\s+([\d.]+) ms/step(.*)$"
 
 
 @pytest.mark.slow
 def test_train_speed_measures_every_type_and_source_in_one_process(tmp_path):
     import re
 
+    from depthmask_utils.train import TrainConfig, forward_dtype
+
     out = subprocess.run([sys.executable, *SPEED, "--data", str(tmp_path / "speed")], capture_output=True, text=True,
                          check=True).stdout
     lines = re.findall(SPEED_LINE, out, re.M)
-    assert [(d.strip(), s.strip()) for d, s, _ in lines] == [("float32", "resident"), ("bfloat16", "resident"),
-                                                            ("bfloat16", "loader")]  # this CPU's auto is bfloat16
-    assert all(int(rate) > 0 for *_, rate in lines)
-    assert "x float32" in out.splitlines()[-2] and "no GPU here" in out
+    auto = str(forward_dtype(torch.device("cpu"), TrainConfig())).removeprefix("torch.")  # this CPU's own choice
+    assert [(d.strip(), s.strip()) for d, s, *_ in lines] == [("float32", "resident"), ("bfloat16", "resident"),
+                                                            (auto, "loader")]
+    assert all(float(ms) > 0 for *_, ms, _ in lines)
+    assert "x float32" in lines[1][-1] and f"x resident {auto}" in lines[2][-1]  # the loader against the model alone
+    assert "no GPU here" in out
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from depthmask_utils import train as T
+from depthmask_utils.errors import ConfigError
 from depthmask_utils.train import (RunError, TrainConfig, amp_enabled, load_checkpoint, make_scaler, one_cycle,
                                    read_history, train, validation_items)
 
@@ -27,7 +28,7 @@ def tiny_config(**kw):
                           "model_options": {"base": 8, "levels": 3}, "checkpoint_every": 5, **kw})
 
 
-def test_train_writes_a_run_that_loads_with_weights_only(labelled, tmp_path):
+def test_train_writes_a_run_that_loads_with_weights_only(labelled, tmp_path, monkeypatch):
     r = train(labelled, tmp_path / "run", tiny_config(), progress=False, log=lambda *_: None)
     assert len(r.history) == 2 and r.steps == r.history[-1]["step"] > 0
     for name in ("config.json", "split.json", "history.csv", "model.pt", "checkpoints/last.pt"):
@@ -48,6 +49,13 @@ def test_train_writes_a_run_that_loads_with_weights_only(labelled, tmp_path):
     assert train(labelled, tmp_path / "run", tiny_config(), progress=False, log=lambda *_: None).history == r.history
     with pytest.raises(RunError, match="differs in: depth_scale"):
         train(labelled, tmp_path / "run", tiny_config(depth_scale=0.5), progress=False)
+    # "auto" follows the hardware; a resume where it picks another type says so (a T4's run on an A100)
+    recorded = json.loads(path.read_text())["precision"]
+    monkeypatch.setattr(T, "cpu_has_bf16", lambda: recorded == "torch.float32")  # the other answer
+    said = []
+    train(labelled, tmp_path / "run", tiny_config(), progress=False, log=said.append)
+    assert any(f"began with the forward pass in {recorded}, continues in" in line for line in said), said
+    monkeypatch.undo()
     # Another configuration in the same folder is refused, naming what differs.
     with pytest.raises(RunError, match="differs in: lr"):
         train(labelled, tmp_path / "run", tiny_config(lr=1e-2), progress=False)
@@ -140,8 +148,7 @@ def test_gpus_below_compute_capability_8_train_in_float16_with_loss_scaling(monk
     gpu = torch.device("cuda", 0)
     assert precision.amp_dtype(gpu) == T.amp_dtype(gpu) == dtype
     assert amp_enabled(gpu, TrainConfig(amp=True))
-    assert (T.amp_dtype(gpu) == torch.float16 and amp_enabled(gpu, TrainConfig())) == scaled  # make_scaler's rule
-    assert precision.describe(gpu, True) == f"forward pass in {dtype} on cuda:0"
+    assert (T.forward_dtype(gpu, TrainConfig()) == torch.float16) == scaled  # what make_scaler turns the scaler on by
     assert T.forward_dtype(gpu, TrainConfig()) == dtype and T.forward_dtype(gpu, TrainConfig(amp=False)) == torch.float32
     # asked for by name, either type on any GPU (to compare them), with the scaler float16 needs
     for name, asked in (("float16", torch.float16), ("bfloat16", torch.bfloat16)):
@@ -157,6 +164,10 @@ def test_a_named_autocast_dtype_is_honoured_even_on_a_cpu_without_native_bfloat1
     cpu = torch.device("cpu")
     assert T.forward_dtype(cpu, TrainConfig()) == torch.float32  # auto: emulated bfloat16 is slower than float32
     assert T.forward_dtype(cpu, TrainConfig(autocast_dtype="bfloat16")) == torch.bfloat16  # asked for: done
+    mps = torch.device("mps")  # a device where training runs no autocast: a named type is refused, not dropped
+    assert T.forward_dtype(mps, TrainConfig()) == torch.float32
+    with pytest.raises(ConfigError, match="autocast_dtype float16: training runs autocast on CUDA and CPUs, not on mps"):
+        T.forward_dtype(mps, TrainConfig(autocast_dtype="float16"))
 
 
 @pytest.mark.parametrize("bf16, autocast_dtype, expected", [(False, "auto", torch.float32), (True, "auto", torch.bfloat16),
@@ -192,10 +203,13 @@ def test_progressive_sizes():
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_weights(labelled, tmp_path):
+@pytest.mark.parametrize("precision", [[], ["--set", "autocast_dtype=float16", "--set", "model_options.base=8"]],
+                         ids=["auto", "float16"])  # a narrow net: float16 is emulated, and slow, on a CPU
+def test_killed_run_resumes_to_the_same_weights(labelled, tmp_path, precision):
     """SIGKILL a real training process after its first mid-epoch checkpoint, re-run the same
-    command, and compare with a run that was never interrupted."""
-    args = ["train", labelled, "--epochs", "3", "--checkpoint-every", "4", *TINY]
+    command, and compare with a run that was never interrupted. float16 is a T4's path: the
+    GradScaler's scale and growth count travel in the checkpoint too (emulated on this CPU)."""
+    args = ["train", labelled, "--epochs", "3", "--checkpoint-every", "4", *TINY, *precision]
     ref = cli(*args, "--out", tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / "killed"
@@ -208,7 +222,13 @@ def test_killed_run_resumes_to_the_same_weights(labelled, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "model.pt").exists(), "the run finished before it could be killed"
-    step = load_checkpoint(ckpt)["step"]
+    ck = load_checkpoint(ckpt)
+    step = ck["step"]
+    if precision:  # the scaler was on, and its state is what the resume restores
+        assert ck["scaler"]["scale"] > 0 and "_growth_tracker" in ck["scaler"]
+        assert json.loads((run / "config.json").read_text())["precision"] == "torch.float16"
+    else:
+        assert ck["scaler"] == {}  # bfloat16 or float32: nothing to scale
     resumed = cli(*args, "--out", run)
     assert resumed.returncode == 0, resumed.stderr
     assert f"step {step}" in resumed.stdout
