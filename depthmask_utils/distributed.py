@@ -11,7 +11,8 @@ and ``train`` does here:
   waits long enough to time out) and the result equals one process's over the whole split;
 * the logged training loss is the mean over all processes, not the first one's;
 * an error that happens on one process (a run folder made with another configuration) reaches every
-  process and ends the job with its message, instead of leaving the others waiting forever.
+  process and ends the job with its message, instead of leaving the others waiting forever;
+* the process group is ended when training ends, so no process aborts on its way out.
 
 Without ``torchrun`` (one process) every function here does nothing, or the obvious single-process thing.
 """
@@ -29,10 +30,24 @@ def environment() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def init(world: int, cuda: bool) -> None:
-    """Join torchrun's process group (NCCL between GPUs, gloo on CPUs), once; nothing for one process."""
+def init(world: int, cuda: bool) -> bool:
+    """Join torchrun's process group (NCCL between GPUs, gloo on CPUs), once; nothing for one process.
+    Returns whether this call made the group: whoever made it ends it (:func:`finish`)."""
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        return True
+    return False
+
+
+def finish(made: bool) -> None:
+    """End the process group, where :func:`init` made it (``made``); nothing otherwise.
+
+    A process that exits with its group still open can abort while Python shuts down (gloo's threads
+    outlive the interpreter: SIGABRT, "terminate called without an active exception"), and torchrun
+    then reports a run that finished as failed.
+    """
+    if made and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def wrap(model: torch.nn.Module, device_index: int | None) -> torch.nn.Module:

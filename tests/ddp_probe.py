@@ -22,10 +22,13 @@ build_model, make_criterion = T.build_model, T.make_criterion
 T.build_model = lambda *a, **k: kept.setdefault("model", build_model(*a, **k))
 T.make_criterion = lambda *a, **k: kept.setdefault("criterion", make_criterion(*a, **k))
 T.train(dataset, run, cfg, progress=False, log=lambda *_: None)
-torch.distributed.init_process_group("gloo") if not torch.distributed.is_initialized() else None
+left_open = torch.distributed.is_initialized()  # train ends the group it made (a process exiting with it open can abort)
+torch.distributed.init_process_group("gloo")
 rank, world, _ = distributed.environment()
 split = read_split(run)
 val = T.validation_items(CompositeDataset(dataset, "val", split_spec=split).items, cfg.val_samples)
 loader = make_loader(CompositeDataset(dataset, distributed.shard(val, rank, world), cfg.sizes[-1]), 64, workers=0)
 torch.save({"model": kept["model"].state_dict(), "criterion": kept["criterion"].state_dict(),
-            "validation": T.validate(kept["model"], loader, torch.device("cpu"))}, f"{run}/rank{rank}.pt")
+            "validation": T.validate(kept["model"], loader, torch.device("cpu")), "left_open": left_open},
+           f"{run}/rank{rank}.pt")
+torch.distributed.destroy_process_group()

@@ -95,7 +95,8 @@ def test_train_speed_under_ddp_checks_that_the_processes_agree(tmp_path):
                      "torch.distributed.init_process_group('gloo')\n"
                      "r = torch.distributed.get_rank()\n"
                      "gap = equal_to_first_process([torch.zeros(3), torch.full((2,), 0.25 * r)])\n"
-                     f"open(f'{tmp_path}/gap{{r}}', 'w').write(str(gap))\n")
+                     f"open(f'{tmp_path}/gap{{r}}', 'w').write(str(gap))\n"
+                     "torch.distributed.destroy_process_group()\n")  # exiting with it open can abort
     r = torchrun(probe)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [(tmp_path / f"gap{rank}").read_text() for rank in (0, 1)] == ["0.25", "0.25"]  # both see the largest gap
