@@ -55,11 +55,6 @@ def speed_dataset(folder: Path, n_bg: int, n_fg: int) -> Path:
     return dataset
 
 
-def every_composite(dataset: Path) -> list:
-    """All of ``dataset``'s composites, whatever their split: speed does not care which."""
-    return read_composites(dataset)
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -67,9 +62,9 @@ def synchronize(device: torch.device) -> None:
 
 def equal_to_first_process(tensors: list[torch.Tensor]) -> float:
     """The largest difference between this process's ``tensors`` and process 0's (0.0 with one process)."""
-    flat = torch.cat([t.detach().float().flatten() for t in tensors])
     if not distributed.active():
         return 0.0
+    flat = torch.cat([t.detach().float().flatten() for t in tensors])
     first = flat.clone()
     torch.distributed.broadcast(first, src=0)
     gap = (flat - first).abs().max()
@@ -77,17 +72,18 @@ def equal_to_first_process(tensors: list[torch.Tensor]) -> float:
     return float(gap)
 
 
-def measure(cfg: TrainConfig, dataset: Path, size: int, device: torch.device, steps: int, warm: int,
-            source: str, rank: int, world: int, local_rank: int | None) -> dict:
-    """Images/s (all processes together) of ``steps`` timed training steps after ``warm`` untimed ones."""
+def measure(cfg: TrainConfig, dataset: Path, items: list, stats: dict, size: int, device: torch.device, steps: int,
+            warm: int, source: str, rank: int, world: int, local_rank: int | None) -> dict:
+    """Images/s (all processes together) of ``steps`` timed training steps after ``warm`` untimed ones,
+    on ``items`` of ``dataset`` (whatever their split: speed does not care which)."""
     torch.manual_seed(cfg.seed)  # every process builds the same weights
-    model = build_model(cfg.model, stats=load_stats(dataset), **cfg.model_options).to(device)
+    model = build_model(cfg.model, stats=stats, **cfg.model_options).to(device)
     model = model.to(memory_format=torch.channels_last)
     criterion = make_criterion(cfg).to(device)
     opt = torch.optim.AdamW(list(model.parameters()) + list(criterion.parameters()), lr=cfg.lr)
     scaler = make_scaler(device, cfg)
     net = distributed.wrap(model, local_rank)
-    loader = make_loader(CompositeDataset(dataset, every_composite(dataset), size), cfg.batch_size, True,
+    loader = make_loader(CompositeDataset(dataset, items, size), cfg.batch_size, True,
                          cfg.workers if source == "loader" else 0, cfg.seed, True, pin_memory=device.type == "cuda",
                          rank=rank, world=world, persistent=source == "loader")
     if source == "resident":  # a few batches on the device, reused: no decoding, no copies in the timed steps
@@ -154,17 +150,18 @@ def main() -> None:
     distributed.barrier()  # the others wait until process 0 has built it, then find it built
     if rank != 0:
         dataset = speed_dataset(folder, args.rooms, args.people)
+    items, stats = read_composites(dataset), load_stats(dataset)  # once: every line trains on the same
     if rank == 0:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         print(f"{name}; torch {torch.__version__}; {world} process(es); {cfg.model} U-Net, batch {cfg.batch_size} "
-              f"per process, {len(every_composite(dataset))} composites stored at 224 px, "
+              f"per process, {len(items)} composites stored at 224 px, "
               f"{cfg.weighting} loss weights, {args.warm} + {args.steps} steps per line")
     auto = str(forward_dtype(device, cfg)).replace("torch.", "")
     plan = [(s, d, "resident") for s in args.sizes for d in args.dtypes] + [(s, auto, "loader") for s in args.sizes]
     rates, gaps = {}, []
     for size, dtype, source in plan:
         c = replace(cfg, amp=dtype != "float32", autocast_dtype="auto" if dtype == "float32" else dtype)
-        r = measure(c, dataset, size, device, args.steps, args.warm, source, rank, world,
+        r = measure(c, dataset, items, stats, size, device, args.steps, args.warm, source, rank, world,
                     local_rank if device.type == "cuda" else None)
         rates[size, dtype, source] = r["images_per_s"]
         gaps.append(r["gap"])

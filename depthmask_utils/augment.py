@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import GEOMETRIES
-from .errors import ConfigError
+from .config import GEOMETRIES, check_choice
 
 def affine_params(n: int, generator: torch.Generator | None = None, flip_p: float = 0.5, shift: float = 0.08,
                   scale: tuple[float, float] = (0.9, 1.15), rotate_deg: float = 8.0) -> torch.Tensor:
@@ -87,8 +86,7 @@ def augment_batch(batch: dict[str, torch.Tensor], generator: torch.Generator | N
     moves whole pixels and keeps every edge as sharp as in the test images. On small people the
     resampling blur costs mask accuracy (``book/results.md``).
     """
-    if geometry not in GEOMETRIES:
-        raise ConfigError(f"geometry must be one of {', '.join(GEOMETRIES)}, not {geometry!r}")
+    check_choice("geometry", geometry, GEOMETRIES)
     if geometry == "flip":
         flip = (torch.rand(batch["fg_bg"].shape[0], generator=generator) < 0.5).to(batch["fg_bg"].device)
         out = {k: torch.where(flip.view(-1, 1, 1, 1), v.flip(-1), v) for k, v in batch.items()}

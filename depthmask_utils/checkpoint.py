@@ -63,12 +63,13 @@ def set_rng_state(state: dict) -> None:
 
 
 def prepare_run(run: Path, dataset: Path, config: TrainConfig, split: Split, world: int = 1,
-                 precision: str = "torch.float32") -> None:
+                 precision: str = "torch.float32", log=print) -> None:
     """Create the run folder, or check that an existing one was made by the same configuration.
 
     ``config.json`` records the number of processes (``world_size``), the forward pass's
     precision, and the profile and overrides the values came from (:func:`config.train_config`). A resume with another number of processes is refused: each process's share of an
-    epoch, the schedule's length and the position in the epoch all depend on it.
+    epoch, the schedule's length and the position in the epoch all depend on it. A resume in
+    another precision is told to ``log``: ``autocast_dtype`` ``"auto"`` follows the hardware.
     """
     wanted = {"format": RUN_FORMAT, "dataset": str(dataset.resolve()), "config": config.identity(), "world_size": world,
               "precision": precision, "profile": config.profile, "overrides": config.overrides}
@@ -87,6 +88,9 @@ def prepare_run(run: Path, dataset: Path, config: TrainConfig, split: Split, wor
         if diff:
             raise RunError(f"{run}: holds a run with another configuration (differs in: {', '.join(diff)}); "
                            "use a new --out folder, or delete this one to start over")
+        if have.get("precision", precision) != precision:  # begun on a T4, resumed on an A100, say
+            log(f"{run}: began with the forward pass in {have['precision']}, continues in {precision} "
+                "(autocast_dtype auto follows the hardware; name a type to keep one)")
         return
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, wanted)

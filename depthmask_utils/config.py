@@ -25,6 +25,13 @@ DICE_TARGETS = ("soft", "binary")  # what the mask loss's Dice compares with (lo
 AUTOCAST_DTYPES = ("auto", "float16", "bfloat16")  # the forward pass's 16-bit type (train.forward_dtype)
 
 
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """``value`` itself if it is one of ``choices``; else a one-line ConfigError (a ValueError) naming ``name``."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides the weights a run ends with; ``RUNTIME`` values (workers, device,
@@ -71,12 +78,9 @@ class TrainConfig:
     RECORD = ("profile", "overrides")  # where the values came from: recorded, never compared
 
     def __post_init__(self):
-        if self.geometry not in GEOMETRIES:  # caught here, before a run folder is made
-            raise ConfigError(f"geometry must be one of {', '.join(GEOMETRIES)}, not {self.geometry!r}")
-        if self.dice_target not in DICE_TARGETS:
-            raise ConfigError(f"dice_target must be one of {', '.join(DICE_TARGETS)}, not {self.dice_target!r}")
-        if self.autocast_dtype not in AUTOCAST_DTYPES:
-            raise ConfigError(f"autocast_dtype must be one of {', '.join(AUTOCAST_DTYPES)}, not {self.autocast_dtype!r}")
+        check_choice("geometry", self.geometry, GEOMETRIES)  # caught here, before a run folder is made
+        check_choice("dice_target", self.dice_target, DICE_TARGETS)
+        check_choice("autocast_dtype", self.autocast_dtype, AUTOCAST_DTYPES)
         if self.val_samples is not None and self.val_samples < 1:
             raise ConfigError(f"val_samples must be at least 1 (or None for the whole val split), not {self.val_samples}")
         counts = {"epochs": self.epochs, "batch_size": self.batch_size, "checkpoint_every": self.checkpoint_every,

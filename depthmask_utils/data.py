@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .augment import augment_batch
-from .config import GEOMETRIES
+from .config import GEOMETRIES, check_choice
 from .dataset import Composite, Split, dataset_split, load_prepared, member, read_composites, read_info
 from .errors import DatasetError
 from .storage import ShardReader, decode_png_gray
@@ -110,9 +110,7 @@ class CompositeDataset(Dataset):
 
     def __init__(self, root: str | Path, split: str | Sequence[Composite] = "train", size: int | None = None,
                  augment: bool = False, seed: int = 0, split_spec: Split | None = None, geometry: str = "affine"):
-        if geometry not in GEOMETRIES:
-            raise ValueError(f"geometry must be one of {', '.join(GEOMETRIES)}, not {geometry!r}")
-        self.root, self.geometry = Path(root), geometry
+        self.root, self.geometry = Path(root), check_choice("geometry", geometry, GEOMETRIES)
         self.info = read_info(self.root, need_depth=True)
         self.stored_size = int(self.info["params"]["size"])
         self.size = int(size or self.stored_size)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import DICE_TARGETS
+from .config import DICE_TARGETS, check_choice
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -32,13 +32,6 @@ def edge_band(target: torch.Tensor, reach: int = 1) -> torch.Tensor:
     return F.max_pool2d(soft, 2 * reach + 1, 1, reach) if reach else soft
 
 
-def check_dice_target(dice_target: str) -> str:
-    """``dice_target`` itself, if it is one of :data:`~depthmask_utils.config.DICE_TARGETS`."""
-    if dice_target not in DICE_TARGETS:
-        raise ValueError(f"dice_target must be one of {', '.join(DICE_TARGETS)}, not {dice_target!r}")
-    return dice_target
-
-
 def mask_loss(logits: torch.Tensor, target: torch.Tensor, edge_weight: float = 1.0,
               dice_target: str = "soft") -> torch.Tensor:
     """BCE + Dice on the mask logits.
@@ -52,7 +45,7 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, edge_weight: float = 1
     end above 0.5 and are counted as person; against the binary mask the push changes side at 0.5.
     BCE always takes the soft alpha, whose best prediction is the alpha itself.
     """
-    check_dice_target(dice_target)
+    check_choice("dice_target", dice_target, DICE_TARGETS)
     weight = None if edge_weight == 1 else 1 + (edge_weight - 1) * edge_band(target)
     dice_t = target if dice_target == "soft" else (target >= 0.5).to(target.dtype)
     return F.binary_cross_entropy_with_logits(logits, target, weight=weight) + dice_loss(logits, dice_t)
@@ -158,7 +151,7 @@ class MultiTaskLoss(nn.Module):
                  w_depth: float = 1.0, depth_scale: float = 1.0, edge_weight: float = 1.0,
                  dice_target: str = "soft"):
         super().__init__()
-        self.dice_target = check_dice_target(dice_target)  # here, not at the first batch
+        self.dice_target = check_choice("dice_target", dice_target, DICE_TARGETS)  # here, not at the first batch
         if edge_weight < 1:
             raise ValueError("edge_weight must be >= 1")
         self.edge_weight = float(edge_weight)

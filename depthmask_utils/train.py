@@ -22,7 +22,6 @@ each process takes every N-th batch of the same order, rank 0 writes the run fol
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,11 +236,8 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
     stats = load_stats(dataset)
     split = make_split(info["counts"]["bg"], info["counts"]["fg"], config.seed, **config.split)
     precision = str(forward_dtype(device, config))
-    distributed.on_first_process(lambda: prepare_run(run, dataset, config, split, world, precision), rank, RunError)
-    started = json.loads((run / "config.json").read_text()).get("precision", precision) if rank == 0 else precision
-    if started != precision:  # "auto" follows the hardware: a run begun on a T4 and resumed on an A100, say
-        log(f"{run}: began with the forward pass in {started}, continues in {precision} on {device} "
-            "(autocast_dtype auto follows the hardware; name a type to keep one)")
+    distributed.on_first_process(lambda: prepare_run(run, dataset, config, split, world, precision, log), rank,
+                                 RunError)
 
     model = build_model(config.model, stats=stats, pretrained=config.pretrained, **config.model_options).to(device)
     if config.channels_last:  # faster convolutions on GPUs and, with oneDNN, on CPUs too
