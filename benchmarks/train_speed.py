@@ -136,7 +136,7 @@ def main() -> None:
         ap.error("--steps must be at least 1 and --warm at least 0")
 
     rank, world, local_rank = distributed.environment()
-    made_group = distributed.init(world, torch.cuda.is_available() and args.device != "cpu")
+    distributed.init(world, torch.cuda.is_available() and args.device != "cpu")
     device = resolve_device(args.device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # cuDNN's kernel choice is left as training leaves it (no cudnn.benchmark)
@@ -184,7 +184,6 @@ def main() -> None:
         print(f"every process ends each line with process 0's weights and loss weights: {verdict(max(gaps) == 0.0)}")
     if device.type != "cuda" and rank == 0:
         print("no GPU here: these are CPU figures; float16 on a CPU is emulated")
-    distributed.finish(made_group)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,15 @@ and ``train`` does here:
 * the logged training loss is the mean over all processes, not the first one's;
 * an error that happens on one process (a run folder made with another configuration) reaches every
   process and ends the job with its message, instead of leaving the others waiting forever;
-* the process group is ended when training ends, so no process aborts on its way out.
+* the process group is made once per process and ended when the process exits, so no process
+  aborts on its way out and a second ``train`` in the same process can use it.
 
 Without ``torchrun`` (one process) every function here does nothing, or the obvious single-process thing.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Callable, Iterable, Sequence
 
@@ -31,22 +33,26 @@ def environment() -> tuple[int, int, int]:
 
 
 def init(world: int, cuda: bool) -> bool:
-    """Join torchrun's process group (NCCL between GPUs, gloo on CPUs), once; nothing for one process.
-    Returns whether this call made the group: whoever made it ends it (:func:`finish`)."""
+    """Join torchrun's process group (NCCL between GPUs, gloo on CPUs), once per process; nothing for
+    one process. Returns whether this call made the group.
+
+    The group lives as long as the process and is ended when the process exits (``atexit``), not when
+    one ``train`` returns: a second ``train`` in the same process finds it open and uses it. Ending it
+    and making it again would not be safe under torchrun, whose key-value store outlives the group:
+    the new group's processes can find the old group's addresses there and wait for them forever.
+    Exiting with the group still open is not safe either: gloo's threads can outlive the interpreter
+    and the process aborts (SIGABRT, "terminate called without an active exception"), so torchrun
+    reports a run that finished as failed.
+    """
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        atexit.register(_end_group)
         return True
     return False
 
 
-def finish(made: bool) -> None:
-    """End the process group, where :func:`init` made it (``made``); nothing otherwise.
-
-    A process that exits with its group still open can abort while Python shuts down (gloo's threads
-    outlive the interpreter: SIGABRT, "terminate called without an active exception"), and torchrun
-    then reports a run that finished as failed.
-    """
-    if made and torch.distributed.is_initialized():
+def _end_group() -> None:
+    if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 

@@ -225,7 +225,7 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
     dataset, run = Path(dataset), Path(run)
     check_labels(read_info(dataset, need_depth=True), dataset, allow_random_labels)
     rank, world, local_rank = distributed.environment()
-    made_group = distributed.init(world, torch.cuda.is_available() and config.device != "cpu")
+    distributed.init(world, torch.cuda.is_available() and config.device != "cpu")
     device = resolve_device(config.device, local_rank)
     cuda = device.type == "cuda"
     if cuda:  # this process's GPU for everything that names no device: RNG, probes, NCCL
@@ -366,5 +366,4 @@ def train(dataset: str | Path, run: str | Path, config: TrainConfig | None = Non
         if writer is not None:
             writer.close()
     distributed.barrier()
-    distributed.finish(made_group)
     return TrainResult(run, history, step, time.perf_counter() - t_start, resumed_from, count_parameters(model))
