@@ -97,6 +97,16 @@ def prepare_run(run: Path, dataset: Path, config: TrainConfig, split: Split, wor
     atomic_write_json(run / "split.json", split.as_dict())
 
 
+def run_overrides(run: str | Path) -> dict:
+    """The training values a run changed from its profile's (``config.json``'s ``overrides``), less the
+    ``RUNTIME`` ones (workers, device: they may differ on a resume); {} where ``run`` holds no run yet."""
+    path = Path(run) / "config.json"
+    if not path.exists():
+        return {}
+    have = json.loads(path.read_text()).get("overrides", {})
+    return {k: v for k, v in have.items() if k not in TrainConfig.RUNTIME}
+
+
 def read_split(run: str | Path) -> Split:
     """The train / val / test split a run was trained on (``RUN/split.json``, written by :func:`prepare_run`)."""
     path = Path(run) / "split.json"

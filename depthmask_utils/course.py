@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from .errors import DepthmaskError
 
@@ -71,11 +72,20 @@ def badge(repo: Repository, notebook: str) -> str:
     return f"[![Open In Colab]({BADGE_IMAGE})]({colab_url(repo, notebook)})"
 
 
-def install_cell(repo: Repository, notebook: str) -> str:
+def install_cell(repo: Repository, notebook: str, paths: Sequence[str] = ()) -> str:
     """Source of the Colab install cell of ``notebook``: clone, install what the chapter needs, optionally
-    mount Drive. Elsewhere it does nothing. Every failing step stops with the step's own error."""
+    mount Drive. Elsewhere it does nothing. Every failing step stops with the step's own error.
+
+    ``paths``: the chapter's parameters that name your files (``fg_dir``, ``teacher_path``...). A
+    relative one is read from ``/content``, where Colab's file panel uploads, not from the course's
+    ``notebooks`` folder the cell moves to. ``data_root`` keeps its own folder's name on
+    Google Drive, so a fresh ``data_root`` is a fresh folder there too.
+    """
     extra = EXTRAS.get(notebook[:2])
     target = f'f"{{COURSE}}[{extra}]"' if extra else "COURSE"
+    own = "".join(f'    {n} = os.path.join("/content", {n}) if {n} else {n}\n' for n in paths)
+    if own:
+        own = "    # your files: a relative path is read from /content, where Colab's file panel uploads\n" + own
     return f'''\
 # Colab only: fetch the course, install what this chapter needs, and work from absolute paths.
 # Elsewhere this cell does nothing. (Generated from _config.yml by `python -m depthmask_utils colab`.)
@@ -94,12 +104,12 @@ if "google.colab" in sys.modules:
         step(f"cloning {{REPO}}", "git", "clone", "-q", "--depth", "1", "-b", "{repo.branch}", REPO, COURSE)
     step("installing the course package", sys.executable, "-m", "pip", "install", "-q", "-e", {target})
     sys.path.insert(0, COURSE)
-    os.chdir(f"{{COURSE}}/notebooks")
+{own}    os.chdir(f"{{COURSE}}/notebooks")
     data_root = os.path.abspath(data_root)
     if drive:  # datasets and runs on Google Drive survive a disconnect; re-running resumes them
         from google.colab import drive as gdrive
         gdrive.mount("/content/drive")
-        data_root = "/content/drive/MyDrive/{repo.name}/data"
+        data_root = f"/content/drive/MyDrive/{repo.name}/{{os.path.basename(data_root)}}"
 '''
 
 
@@ -110,6 +120,12 @@ def _source(cell: dict) -> str:
 
 def _set_source(cell: dict, text: str) -> None:
     cell["source"] = text.splitlines(keepends=True)
+
+
+def _path_parameters(parameters: str) -> list[str]:
+    """The names in a parameters cell that name a student's files or folders (``*_dir``, ``*_path``)."""
+    names = (line.split(":", 1)[0].strip() for line in parameters.splitlines() if ":" in line)
+    return [n for n in names if n.isidentifier() and n.endswith(("_dir", "_path"))]
 
 
 def sync_notebook(path: Path, repo: Repository, write: bool = True) -> list[str]:
@@ -133,7 +149,7 @@ def sync_notebook(path: Path, repo: Repository, write: bool = True) -> list[str]
     if not params:
         raise ValueError(f"{path}: no cell tagged 'parameters'")
     install = [i for i, c in enumerate(cells) if INSTALL_TAG in c.get("metadata", {}).get("tags", [])]
-    want_cell = install_cell(repo, name)
+    want_cell = install_cell(repo, name, _path_parameters(_source(cells[params[0]])))
     if install != [params[0] + 1]:
         problems.append("install cell missing or not right after the parameters cell")
         for i in reversed(install):

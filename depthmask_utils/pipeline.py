@@ -173,17 +173,25 @@ def stage_locally(dataset: str | Path, local_root: str | Path, log=print) -> Pat
     return target
 
 
-def ensure_run(profile: Profile, root: str | Path = "../data", log=print, sets=(), **overrides) -> Path:
-    """A trained run of ``profile`` (chapter 11): trains, resumes, or returns the finished one.
+def ensure_run(profile: Profile, root: str | Path = "../data", dataset: str | Path | None = None, log=print,
+               sets=(), **overrides) -> Path:
+    """The trained run of ``profile`` (chapter 11's): returns the finished one, resumes an unfinished
+    one, or trains one.
 
     Always goes through :func:`train`, which returns at once for a finished run of the same
     configuration and refuses a run folder made by another one (an older profile's model is not
-    scored silently). ``sets``/``overrides`` change training values by :func:`config.train_config`'s rule.
+    scored silently). The values chapter 11 changed (its ``epochs`` or ``pretrained``, a named
+    ``autocast_dtype``: the ``overrides`` the run's ``config.json`` records) are kept, so the later
+    chapters use the run you trained; ``sets``/``overrides`` change more, by
+    :func:`config.train_config`'s rule. ``dataset``: the copy the run trains from, where that is not
+    ``profile``'s own under ``root`` (chapter 11's local copy of a dataset on Google Drive).
     """
+    from .checkpoint import run_overrides
     from .config import train_config
     from .train import train
 
-    dataset = ensure_stats(profile, root)
+    dataset = ensure_stats(profile, root) if dataset is None else Path(dataset)
     run = data_paths(profile, root)["run"]
-    train(dataset, run, train_config(profile, sets, **overrides), progress=False, log=log)
+    values = {**run_overrides(run), **overrides}
+    train(dataset, run, train_config(profile, sets, **values), progress=False, log=log)
     return run

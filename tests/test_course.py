@@ -102,6 +102,22 @@ def test_install_cell_installs_the_extra_and_uses_absolute_paths(monkeypatch):
     assert chdirs == ["/content/depthmask-course/notebooks"] and Path(ns["data_root"]).is_absolute()
 
 
+def test_install_cell_reads_your_folders_from_content_and_keeps_a_fresh_data_root_fresh_on_drive(monkeypatch):
+    _fake_colab(monkeypatch, returncode=0)
+    monkeypatch.setattr("os.chdir", lambda p: None)
+    mounted = []
+    fake_drive = types.SimpleNamespace(mount=mounted.append)
+    monkeypatch.setattr(sys.modules["google.colab"], "drive", fake_drive, raising=False)
+    chapter = CHAPTERS[[p.name[:2] for p in CHAPTERS].index("03")]
+    cell = course.install_cell(course.repository(), chapter.name,
+                               course._path_parameters(_tagged(chapter, "parameters")[0]))
+    ns = {"data_root": "../data_dogs", "drive": True, "fg_dir": "dogs", "bg_dir": "", "floor_dir": "/content/drive/floors"}
+    exec(cell, ns)
+    assert ns["fg_dir"] == "/content/dogs"  # uploaded in Colab's file panel
+    assert ns["bg_dir"] == "" and ns["floor_dir"] == "/content/drive/floors"  # empty: the sample's; absolute: as is
+    assert ns["data_root"] == "/content/drive/MyDrive/depthmask-course/data_dogs" and mounted == ["/content/drive"]
+
+
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name[:2])
 def test_parameters_cell_is_readable_by_papermill(path, caplog):
     import papermill as pm

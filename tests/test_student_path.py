@@ -128,6 +128,30 @@ def test_a_dataset_on_drive_is_copied_to_local_disk_once_and_again_when_it_chang
     assert (local / "stats.json").exists() and not (tmp_path / "local" / f"{built.name}.partial").exists()
 
 
+def test_later_chapters_use_the_run_chapter_11_trained_from_a_local_copy_with_its_own_settings(labelled, tmp_path):
+    from depthmask_utils.config import get_profile, train_config
+    from depthmask_utils.pipeline import data_paths, ensure_run, stage_locally
+    from depthmask_utils.train import RunError, train
+
+    # Chapter 11 on Colab with drive = True: the run on Drive, trained from a local copy of the dataset,
+    # with values changed in its parameters cell (epochs, pretrained) or set-up cell (a named type).
+    P, root = get_profile("sample"), tmp_path / "drive"
+    local = stage_locally(labelled, tmp_path / "local", log=lambda *_: None)
+    run = data_paths(P, root)["run"]
+    tiny = dict(epochs=1, sizes=[32], batch_size=8, model_options={"base": 8, "levels": 3}, val_samples=25,
+                pretrained=False, autocast_dtype="bfloat16")
+    train(local, run, train_config(P, device="cpu", workers=0, **tiny), progress=False, log=lambda *_: None)
+    made = (run / "model.pt").read_bytes()
+    # Chapters 12 and 13 find that run as it is: no "another configuration", nothing trained again.
+    assert ensure_run(P, root, local, log=lambda *_: None) == run
+    assert (run / "model.pt").read_bytes() == made
+    # What they must still refuse: the run scored as if trained on another dataset, or with other values.
+    with pytest.raises(RunError, match="differs in: dataset"):
+        ensure_run(P, root, labelled, log=lambda *_: None)
+    with pytest.raises(RunError, match="differs in: epochs"):
+        ensure_run(P, root, local, log=lambda *_: None, epochs=3)
+
+
 def test_pretrained_encoder_weights_that_cannot_be_fetched_say_so_in_one_line(monkeypatch):
     import torch
 
