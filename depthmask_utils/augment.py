@@ -84,7 +84,7 @@ def augment_batch(batch: dict[str, torch.Tensor], generator: torch.Generator | N
     ``geometry``: ``"affine"`` mirrors, shifts, scales and rotates (``affine`` passes ranges to
     :func:`affine_params`), resampling bilinearly; ``"flip"`` only mirrors half the samples, which
     moves whole pixels and keeps every edge as sharp as in the test images. On small people the
-    resampling blur costs mask accuracy (``book/results.md``).
+    resampling blur costs mask accuracy (``benchmarks/README.md``).
     """
     check_choice("geometry", geometry, GEOMETRIES)
     if geometry == "flip":

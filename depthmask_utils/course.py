@@ -109,7 +109,8 @@ if "google.colab" in sys.modules:
     if drive:  # datasets and runs on Google Drive survive a disconnect; re-running resumes them
         from google.colab import drive as gdrive
         gdrive.mount("/content/drive")
-        data_root = f"/content/drive/MyDrive/{repo.name}/{{os.path.basename(data_root)}}"
+        if not data_root.startswith("/content/drive/"):  # a folder of the same name, on Drive
+            data_root = f"/content/drive/MyDrive/{repo.name}/{{os.path.basename(data_root)}}"
 '''
 
 

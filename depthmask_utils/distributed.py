@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -37,7 +38,8 @@ def init(world: int, cuda: bool) -> bool:
     one process. Returns whether this call made the group.
 
     The group lives as long as the process and is ended when the process exits (``atexit``), not when
-    one ``train`` returns: a second ``train`` in the same process finds it open and uses it. Ending it
+    one ``train`` returns: a second ``train`` in the same process finds it open and uses it (with the
+    backend the first one chose: one device type per torchrun job). Ending it
     and making it again would not be safe under torchrun, whose key-value store outlives the group:
     the new group's processes can find the old group's addresses there and wait for them forever.
     Exiting with the group still open is not safe either: gloo's threads can outlive the interpreter
@@ -52,7 +54,9 @@ def init(world: int, cuda: bool) -> bool:
 
 
 def _end_group() -> None:
-    if torch.distributed.is_initialized():
+    # Not on the way out of an uncaught error: NCCL's shutdown waits for this process's queued
+    # collectives, which a peer may never join, so a failing process could hang instead of exiting.
+    if torch.distributed.is_initialized() and getattr(sys, "last_value", None) is None:
         torch.distributed.destroy_process_group()
 
 

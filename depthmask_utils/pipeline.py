@@ -186,12 +186,17 @@ def ensure_run(profile: Profile, root: str | Path = "../data", dataset: str | Pa
     :func:`config.train_config`'s rule. ``dataset``: the copy the run trains from, where that is not
     ``profile``'s own under ``root`` (chapter 11's local copy of a dataset on Google Drive).
     """
+    import json
+
     from .checkpoint import run_overrides
-    from .config import train_config
+    from .config import parse_set, train_config
     from .train import train
 
     dataset = ensure_stats(profile, root) if dataset is None else Path(dataset)
     run = data_paths(profile, root)["run"]
-    values = {**run_overrides(run), **overrides}
-    train(dataset, run, train_config(profile, sets, **values), progress=False, log=log)
+    asked = {k: v for k, v in overrides.items() if v is not None}  # None: "the profile's", or here the run's
+    given = set(asked) | {parse_set(item)[0] for item in sets}
+    # as KEY=JSON items, so a recorded null (--set val_samples=null) stays null instead of meaning "the profile's"
+    kept = [f"{k}={json.dumps(v)}" for k, v in run_overrides(run).items() if k not in given]
+    train(dataset, run, train_config(profile, [*kept, *sets], **asked), progress=False, log=log)
     return run

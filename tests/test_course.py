@@ -116,6 +116,9 @@ def test_install_cell_reads_your_folders_from_content_and_keeps_a_fresh_data_roo
     assert ns["fg_dir"] == "/content/dogs"  # uploaded in Colab's file panel
     assert ns["bg_dir"] == "" and ns["floor_dir"] == "/content/drive/floors"  # empty: the sample's; absolute: as is
     assert ns["data_root"] == "/content/drive/MyDrive/depthmask-course/data_dogs" and mounted == ["/content/drive"]
+    ns = {**ns, "data_root": "/content/drive/MyDrive/mine"}  # already on Drive: kept
+    exec(cell, ns)
+    assert ns["data_root"] == "/content/drive/MyDrive/mine"
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name[:2])

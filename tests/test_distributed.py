@@ -87,6 +87,25 @@ def test_a_mismatched_run_folder_stops_every_process_with_its_message_and_other_
     assert r.stderr.count("error: ") == 2  # both processes said it, in one line each, and neither hung
 
 
+def test_the_group_is_ended_at_exit_unless_the_process_is_dying_of_an_error(monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a free port for a one-process group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(sys, "last_value", RuntimeError("uncaught"), raising=False)
+        distributed._end_group()  # NCCL could wait forever for what a dead peer never joins: left to the OS
+        assert torch.distributed.is_initialized()
+        monkeypatch.delattr(sys, "last_value")
+        distributed._end_group()  # a clean exit ends it
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def test_without_torchrun_the_helpers_are_single_process():
     assert distributed.environment() == (0, 1, 0) and not distributed.active()
     assert distributed.init(1, cuda=False) is False and not torch.distributed.is_initialized()  # nothing to make

@@ -129,6 +129,7 @@ def test_a_dataset_on_drive_is_copied_to_local_disk_once_and_again_when_it_chang
 
 
 def test_later_chapters_use_the_run_chapter_11_trained_from_a_local_copy_with_its_own_settings(labelled, tmp_path):
+    from depthmask_utils.checkpoint import run_overrides
     from depthmask_utils.config import get_profile, train_config
     from depthmask_utils.pipeline import data_paths, ensure_run, stage_locally
     from depthmask_utils.train import RunError, train
@@ -150,6 +151,26 @@ def test_later_chapters_use_the_run_chapter_11_trained_from_a_local_copy_with_it
         ensure_run(P, root, labelled, log=lambda *_: None)
     with pytest.raises(RunError, match="differs in: epochs"):
         ensure_run(P, root, local, log=lambda *_: None, epochs=3)
+    assert ensure_run(P, root, local, log=lambda *_: None, epochs=None) == run  # None: the run's own value
+    recorded = run_overrides(run)
+    assert recorded["epochs"] == 1 and "device" not in recorded and "workers" not in recorded  # runtime: free
+    assert run_overrides(tmp_path / "nothing_here") == {}
+
+
+def test_a_run_made_with_a_null_override_is_found_again(labelled, tmp_path):
+    from depthmask_utils.checkpoint import run_overrides
+    from depthmask_utils.config import get_profile, train_config
+    from depthmask_utils.pipeline import data_paths, ensure_run
+    from depthmask_utils.train import train
+
+    # --set val_samples=null: validate on every composite, where the profile samples some. The run
+    # records null; found again, it must stay null, not turn back into the profile's value.
+    P, root = get_profile("sample"), tmp_path / "data"
+    run = data_paths(P, root)["run"]
+    tiny = ["epochs=1", "sizes=[32]", "batch_size=8", 'model_options={"base": 8, "levels": 3}', "val_samples=null"]
+    train(labelled, run, train_config(P, tiny, device="cpu", workers=0), progress=False, log=lambda *_: None)
+    assert P.train.val_samples is not None and run_overrides(run)["val_samples"] is None
+    assert ensure_run(P, root, labelled, log=lambda *_: None) == run
 
 
 def test_pretrained_encoder_weights_that_cannot_be_fetched_say_so_in_one_line(monkeypatch):
