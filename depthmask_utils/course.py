@@ -239,14 +239,17 @@ def _execute(nb: Path, executed: Path, parameters: dict | None, after_failure: s
 
 def run_course(profile: str = "sample", out: str | Path = "executed", only: list[str] | None = None,
                log=print, notebooks: Path = NOTEBOOKS, fg_dir: str | Path | None = None,
-               bg_dir: str | Path | None = None, floor_dir: str | Path | None = None) -> Path:
+               bg_dir: str | Path | None = None, floor_dir: str | Path | None = None,
+               parameters: dict | None = None) -> Path:
     """Execute every chapter in order with papermill under ``profile``; returns ``OUT/report.md``.
 
     ``OUT/notebooks/`` gets the executed chapters, ``OUT/data/<profile>/`` the world, dataset and
     trained run they build (each step resumes, so running again after a failure continues), and
     ``OUT/report.md`` the key figures. ``only`` keeps chapters whose number or name is listed.
     ``fg_dir``, ``bg_dir``, ``floor_dir``: your own folders, passed to every chapter that takes them
-    (the later chapters find the dataset built from them in ``OUT/data``).
+    (the later chapters find the dataset built from them in ``OUT/data``). ``parameters``: other
+    values of the chapters' parameters cells, each passed to the chapters that declare it (e.g.
+    ``{"epochs": 1}`` reaches chapter 11 alone; 12 and 13 then use the run it trained).
     Raises :class:`ChapterFailed` at the first failing chapter.
     """
     import time
@@ -270,7 +273,7 @@ def run_course(profile: str = "sample", out: str | Path = "executed", only: list
         declared = pm.inspect_notebook(str(nb))
         try:
             _execute(nb, executed, {"profile": profile, "data_root": str(data_root),
-                                    **{k: v for k, v in own.items() if k in declared}},
+                                    **{k: v for k, v in {**(parameters or {}), **own}.items() if k in declared}},
                      f"\nthe executed notebook, with the error in place: {executed}")
         except ChapterFailed:
             log("FAILED")

@@ -35,8 +35,9 @@ def own_folders(tmp_path_factory):
 @pytest.mark.slow
 def test_every_chapter_runs_on_own_photos_with_the_full_profiles_code_paths(own_folders, tmp_path):
     out = tmp_path / "course"
+    # epochs = 3 in chapter 11's parameters (the profile says 2), as a student changes it: 12 and 13 use that run
     report = course.run_course("smoke", out, log=lambda *a, **k: None, fg_dir=own_folders / "people",
-                               bg_dir=own_folders / "photos")
+                               bg_dir=own_folders / "photos", parameters={"epochs": 3})
     dataset = out / "data" / "smoke" / "dataset"
     info = json.loads((dataset / "dataset.json").read_text())
     assert info["inputs"]["bg_dir"] == str((own_folders / "photos").resolve())  # the student's, not the sample world
@@ -45,7 +46,7 @@ def test_every_chapter_runs_on_own_photos_with_the_full_profiles_code_paths(own_
         ("mini", "per-composite", "pretrained")
     run = out / "data" / "smoke" / "run"
     cfg = json.loads((run / "config.json").read_text())["config"]
-    assert cfg["model"] == "resnet18" and cfg["sizes"] == [32, 64]
+    assert cfg["model"] == "resnet18" and cfg["sizes"] == [32, 64] and cfg["epochs"] == 3
     assert (run / "metrics.json").exists() and "Test metrics" in report.read_text()
     assert len(list((out / "notebooks").glob("*.ipynb"))) == len(course.chapters())
 
