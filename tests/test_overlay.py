@@ -177,6 +177,8 @@ def test_verify_finds_a_wrong_mask_and_a_missing_member(dataset):
     assert not report.ok
     text = "\n".join(report.problems)
     assert "pixels differ from the fg alpha" in text and "missing" in text and "bg_001.zip" in text
+    assert verify(dataset, workers=1, shards=["bg_000.zip"]).ok  # one other shard: nothing wrong there
+    assert verify(dataset, workers=1, shards=["bg_001.zip"]).problems == report.problems
     out = subprocess.run([sys.executable, "-m", "depthmask_utils", "verify", str(dataset)], capture_output=True, text=True)
     assert out.returncode == 1 and "Traceback" not in out.stderr
 
